@@ -1,0 +1,133 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Fine-tune Gemma-2 with Unsloth: training
+#
+# A LoRA fine-tune of Gemma-2 on Hindi conversation summarization (or any recipe in `params/`), run the same
+# way in Colab and headless:
+#
+# ```
+# papermill notebooks/train.ipynb runs/demo/train.ipynb -f params/demo-cpu.yaml
+# papermill notebooks/train.ipynb runs/demo/train.ipynb -f params/demo-cpu.yaml -p dataset my.csv -p max_steps 20
+# ```
+#
+# Every cell calls the `unsloth_sft` library; the recipe (a params YAML) says what to train.
+
+# %% [markdown]
+# ### Install (Colab only)
+# On Colab this installs unsloth and this package; elsewhere it does nothing (install with the README's command).
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    # Point PACKAGE at your copy of the repository (a git URL or a wheel), e.g. "unsloth-sft[gpu] @ git+https://...".
+    PACKAGE = "unsloth-sft[gpu]"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
+# %% [markdown]
+# ### Parameters
+# papermill replaces these: `-f params/X.yaml` sets the sections, `-p dataset ...` / `-p max_steps N` are
+# shortcuts, `-p overrides '["train.learning_rate=1e-4"]'` sets any key. Interactively, set `params_file` to a recipe.
+
+# %% tags=["parameters"]
+params_file = None  # a recipe path, or None for the library defaults (tiny Gemma-2, Hindi sample); unused with -f
+overrides = []  # list of dotted overrides, as in the markdown above
+dataset = None  # shortcut for data.source: sample:NAME, a local file, or a Hub dataset id
+max_steps = None  # shortcut for train.max_steps
+model_name = None  # shortcut for model.name
+run_name = None
+output_dir = None
+finetune = None
+overwrite = None
+model = {}
+lora = {}
+data = {}
+train = {}
+eval = {}  # noqa: A001  (the recipe's section name)
+export = {}
+_DEFINED = set(dir())
+
+# %% [markdown]
+# ### Config
+# One typed config; unknown keys, wrong types and impossible combinations stop here, before any model loads.
+
+# %%
+_given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
+
+import yaml
+from IPython.display import Image, Markdown, display
+
+from unsloth_sft import evaluate, pipeline, preview
+from unsloth_sft.notebooks import notebook_config, side_by_side
+
+cfg = notebook_config(_given, _DEFINED)
+print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+# %% [markdown]
+# ### Unsloth: load the model and the data
+# `backend: auto` uses unsloth's `FastLanguageModel` where it imports (a GPU, or its CPU backend), else
+# transformers + bitsandbytes + peft. The run folder gets the resolved config before anything else.
+
+# %%
+run = pipeline.start(cfg)
+
+# %% [markdown]
+# ### Data prep: what the model is trained on
+# One training example as the model sees it. The text inside `[[ ]]` is the only part the loss covers
+# (the summary and its end-of-turn token); the prompt tokens are labelled -100.
+
+# %%
+example = run.data.train[0]
+print(preview.mark_trained(run.loaded.tokenizer, example["input_ids"], example["labels"]))
+
+# %% [markdown]
+# ### Before training: three test dialogues
+# Greedy generation with the recipe's settings, so the outputs after training compare one to one.
+
+# %%
+examples = run.data.test_conversations[:3] or run.data.train_conversations[:3]
+prompts = evaluate.prompts_for(run.loaded.tokenizer, examples, run.data.template) if run.data.template != "none" else []
+references = [(p, c[-1]["content"]) for p, c in zip(prompts, examples)]
+before = evaluate.generate(run.loaded.model, run.loaded.tokenizer, prompts, cfg.eval, run.loaded.backend)
+
+# %% [markdown]
+# ### Train
+# TRL's `SFTTrainer`; GPU memory (or CPU peak RSS) is reported before and after, as in Unsloth's notebooks.
+
+# %%
+metrics = pipeline.fit(run)
+print({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss", "memory")})
+
+# %% [markdown]
+# ### After training: the same three dialogues
+
+# %%
+after = evaluate.generate(run.loaded.model, run.loaded.tokenizer, prompts, cfg.eval, run.loaded.backend)
+display(Markdown(side_by_side(references, before, after)))
+
+# %% [markdown]
+# ### Saving
+# The LoRA adapter, merged 16-bit weights (the base reloaded un-quantised, then merged), model cards, the
+# loss curve, and `metrics.json` last. With `export.push_to_hub` set, the result goes to the Hub
+# (token from `HF_TOKEN` only).
+
+# %%
+metrics = pipeline.finish(run)
+print(f"run folder: {run.run_dir}")
+print({k: v for k, v in metrics["exported"].items()})
+display(Image(filename=str(run.run_dir / "loss.png")))

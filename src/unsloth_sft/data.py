@@ -1,0 +1,385 @@
+"""Data: a source -> rows -> one conversation shape -> tokenized rows whose labels mask the prompt (-100)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import DataConfig, RunConfig
+from unsloth_sft.errors import DataError
+from unsloth_sft.prompts import has_chat_template, render, render_prompt
+
+# Canonical fields of each task; the first ones are required, "input" and "system" are optional.
+TASK_FIELDS = {
+    "summarization": ("dialogue", "summary"),
+    "gsm8k": ("question", "answer"),
+    "qa": ("question", "answer"),
+    "chat": ("messages",),
+    "instruction": ("instruction", "output"),
+    "completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+OPTIONAL_FIELDS = {"instruction": ("input",)}
+ANSWER_FIELD = {"summarization": "summary", "gsm8k": "answer", "qa": "answer", "instruction": "output", "completion": "completion"}
+DEFAULT_INSTRUCTION = (
+    "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
+)
+ROLES = ("system", "user", "assistant")
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+
+
+@dataclass
+class Split:
+    rows: list[dict[str, Any]]
+    where: list[str]  # per row: "FILE line N" / "SOURCE row N", for error messages
+
+
+@dataclass
+class PreparedData:
+    task: str
+    template: str
+    train: Any  # datasets.Dataset with input_ids, labels
+    test: Any | None
+    train_conversations: list[list[dict]] = field(default_factory=list)
+    test_conversations: list[list[dict]] = field(default_factory=list)
+    skipped: int = 0  # rows with an empty answer, skipped and counted
+    truncated: int = 0  # training examples longer than max_seq_length (cut at the end)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def sample_names() -> list[str]:
+    root = resources.files("unsloth_sft") / "samples"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def _sample_dir(name: str) -> Path:
+    if name not in sample_names():
+        raise DataError(f"data.source: no bundled sample 'sample:{name}'; available: {', '.join('sample:' + n for n in sample_names())}")
+    return Path(str(resources.files("unsloth_sft") / "samples" / name))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror}); check the path in data.source") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text (byte {err.start}); re-save the file as UTF-8") from None
+
+
+def _read_json(path: Path) -> dict[str, Split]:
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; point data.source at a file with examples")
+    if path.suffix == ".jsonl":
+        rows, where = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {n}: invalid JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
+            where.append(f"{path} line {n}")
+        return {"train": Split(rows, where)}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); is the file truncated?") from None
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        return {k: Split(v, [f"{path} [{k}] item {i + 1}" for i in range(len(v))]) for k, v in data.items()}
+    if isinstance(data, list):
+        return {"train": Split(data, [f"{path} item {i + 1}" for i in range(len(data))])}
+    raise DataError(f"{path}: expected a list of records or {{\"train\": [...], \"test\": [...]}}, got {type(data).__name__}")
+
+
+def _read_table(path: Path) -> dict[str, Split]:
+    import datasets
+
+    if path.suffix == ".csv":
+        _read_text(path)  # UTF-8 check with a line number before pandas' less helpful one
+        if not path.read_bytes().strip():
+            raise DataError(f"{path}: the file is empty; point data.source at a file with examples")
+    try:
+        ds = datasets.Dataset.from_csv(str(path)) if path.suffix == ".csv" else datasets.Dataset.from_parquet(str(path))
+    except Exception as err:  # pandas/pyarrow parse errors: name the file and keep their one-line reason
+        raise DataError(f"{path}: cannot parse as {path.suffix[1:]} ({str(err).splitlines()[0][:200]})") from None
+    offset = 2 if path.suffix == ".csv" else 1  # csv: line 1 is the header
+    return {"train": Split(ds.to_list(), [f"{path} line {i + offset}" for i in range(len(ds))])}
+
+
+def _read_path(path: Path) -> dict[str, Split]:
+    if path.is_dir():
+        splits: dict[str, Split] = {}
+        for child in sorted(path.iterdir()):
+            if child.suffix in SUFFIXES and child.stem in ("train", "test", "validation"):
+                splits[child.stem] = _read_path(child)["train"]
+            elif child.suffix in SUFFIXES and not splits.get(child.stem):
+                splits.update(_read_path(child))
+        if not splits:
+            raise DataError(f"{path}: folder has no train/test {'/'.join(SUFFIXES)} files")
+        return splits
+    if path.suffix == ".txt":
+        text = _read_text(path)
+        if not text.strip():
+            raise DataError(f"{path}: the file is empty; point data.source at a file with text")
+        return {"train": Split([{"text": text}], [str(path)])}
+    if path.suffix in (".json", ".jsonl"):
+        return _read_json(path)
+    if path.suffix in (".csv", ".parquet"):
+        return _read_table(path)
+    raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+
+
+def _read_hub(cfg: DataConfig) -> dict[str, Split]:
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(cfg.source, cfg.config_name)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DataError(
+            f"data.source '{cfg.source}': not a local file and could not be loaded from the Hugging Face Hub "
+            f"({reason}); check the id, data.config_name, and the network"
+        ) from None
+    return {name: Split(split.to_list(), [f"{cfg.source} [{name}] row {i + 1}" for i in range(len(split))]) for name, split in dsd.items()}
+
+
+def read_source(cfg: DataConfig) -> dict[str, Split]:
+    """Every split the source has, as rows (sample:NAME, a local file or folder, or a Hub dataset id)."""
+    src = cfg.source
+    if src.startswith("sample:"):
+        return _read_path(_sample_dir(src.split(":", 1)[1]))
+    path = Path(src).expanduser()
+    if path.exists():
+        return _read_path(path)
+    if path.suffix in SUFFIXES or src.startswith((".", "/", "~")):
+        raise DataError(f"data.source '{src}': file not found; check the path (relative to {Path.cwd()})")
+    return _read_hub(cfg)
+
+
+def train_test(cfg: DataConfig, seed: int) -> tuple[Split, Split | None]:
+    """The training rows and the test rows: the source's test split, or a seeded carve of test_size."""
+    import datasets
+
+    splits = read_source(cfg)
+    if cfg.split not in splits:
+        raise DataError(f"data.split '{cfg.split}' not in {cfg.source}; splits: {', '.join(splits)}")
+    train = splits[cfg.split]
+    test_name = cfg.test_split or next((s for s in ("test", "validation") if s in splits and s != cfg.split), None)
+    if cfg.test_split and cfg.test_split not in splits:
+        raise DataError(f"data.test_split '{cfg.test_split}' not in {cfg.source}; splits: {', '.join(splits)}")
+    if not train.rows:
+        raise DataError(f"{cfg.source}: split '{cfg.split}' has no rows")
+    test = splits[test_name] if test_name else None
+    if test is None and cfg.test_size > 0 and len(train.rows) > 1:
+        size = int(cfg.test_size) if cfg.test_size >= 1 else cfg.test_size
+        index = datasets.Dataset.from_dict({"i": list(range(len(train.rows)))})
+        try:
+            parts = index.train_test_split(test_size=size, seed=seed)
+        except ValueError as err:
+            raise DataError(f"data.test_size {cfg.test_size}: {err}") from None
+        pick = lambda ids: Split([train.rows[i] for i in ids], [train.where[i] for i in ids])  # noqa: E731
+        train, test = pick(parts["train"]["i"]), pick(parts["test"]["i"])
+    if cfg.max_samples is not None:
+        train = Split(train.rows[: cfg.max_samples], train.where[: cfg.max_samples])
+    return train, test
+
+
+# ---------------------------------------------------------------- rows -> conversations
+
+
+def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str) -> dict[str, str]:
+    """Map each canonical field of `task` to a column: data.columns first, then an exact or case-blind match."""
+    lower = {c.lower(): c for c in columns}
+    out = {}
+    for name in TASK_FIELDS[task] + OPTIONAL_FIELDS.get(task, ()):
+        col = cfg.columns.get(name) or (name if name in columns else lower.get(name))
+        if col is None or col not in columns:
+            if name in OPTIONAL_FIELDS.get(task, ()):
+                continue
+            raise DataError(
+                f"{origin}: no column '{col or name}' for the {task} field '{name}'; columns are: {', '.join(columns)}; "
+                f"set data.columns.{name} to the column that holds it"
+            )
+        out[name] = col
+    return out
+
+
+def detect_task(columns: list[str], cfg: DataConfig, origin: str) -> str:
+    """The task named in config, or the first whose fields the columns (after data.columns) provide."""
+    if cfg.task != "auto":
+        return cfg.task
+    have = {c.lower() for c in columns} | set(cfg.columns)
+    for task in ("chat", "summarization", "instruction", "completion", "qa", "text"):
+        if all(f in have for f in TASK_FIELDS[task]):
+            return task
+    raise DataError(
+        f"{origin}: cannot tell the task from columns {', '.join(columns)}; set data.task "
+        f"({', '.join(TASK_FIELDS)}) and data.columns"
+    )
+
+
+def _check_messages(value: Any, where: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: messages[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise DataError(f"{where}: messages[{i}].content must be text, got {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _text(row: dict, col: str, where: str) -> str:
+    value = row.get(col)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: column '{col}' must be text, got {type(value).__name__}")
+    return str(value)
+
+
+def to_messages(row: dict, task: str, cols: dict[str, str], cfg: DataConfig, where: str) -> list[dict] | None:
+    """One row as a conversation; None when its answer is empty (the caller skips and counts it)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
+    missing = [c for f, c in cols.items() if c not in row and f not in OPTIONAL_FIELDS.get(task, ())]
+    if missing:
+        raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
+    if task == "chat":
+        messages = _check_messages(row[cols["messages"]], where)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            return None
+    else:
+        answer = _text(row, cols[ANSWER_FIELD[task]], where)
+        if not answer.strip():
+            return None
+        if task == "summarization":
+            user = f"{cfg.instruction or DEFAULT_INSTRUCTION}\n\n{_text(row, cols['dialogue'], where)}"
+        elif task == "instruction":
+            extra = _text(row, cols["input"], where) if "input" in cols else ""
+            user = _text(row, cols["instruction"], where) + (f"\n\n{extra}" if extra.strip() else "")
+        else:
+            user = _text(row, cols[TASK_FIELDS[task][0]], where)
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    if cfg.system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": cfg.system_prompt}, *messages]
+    return messages
+
+
+def choose_template(task: str, cfg: DataConfig, tokenizer) -> str:
+    """data.template, or the task's natural one: the chat template where the tokenizer has one."""
+    if cfg.template != "auto":
+        if cfg.template == "chat" and not has_chat_template(tokenizer):
+            raise DataError("data.template is chat but the tokenizer has no chat template; use qa, alpaca or plain")
+        return cfg.template
+    natural = {"qa": "qa", "instruction": "alpaca", "completion": "plain"}.get(task)
+    if natural:
+        return natural
+    return "chat" if has_chat_template(tokenizer) else ("qa" if task == "gsm8k" else "alpaca")
+
+
+def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[dict]], int]:
+    """All rows of a split as conversations, and how many were skipped for an empty answer."""
+    if not split.rows:
+        return [], 0
+    columns = list(split.rows[0]) if isinstance(split.rows[0], dict) else []
+    cols = _resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
+    out, skipped = [], 0
+    for row, where in zip(split.rows, split.where):
+        messages = to_messages(row, task, cols, cfg, where)
+        if messages is None:
+            if not cfg.skip_empty:
+                raise DataError(f"{where}: the answer is empty; fill it in or set data.skip_empty: true")
+            skipped += 1
+        else:
+            out.append(messages)
+    return out, skipped
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def tokenize(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int) -> tuple[dict, int]:
+    """input_ids and labels for each conversation (prompt tokens -100), and how many were cut at max_len."""
+    rendered = [render(tokenizer, c, template, cfg.last_turn_only) for c in convs]
+    enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    input_ids, labels, truncated = [], [], 0
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        if cfg.train_on_completions_only:
+            lab = [t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
+        else:
+            lab = list(ids)
+        if len(ids) > max_len:
+            truncated += 1
+            ids, lab = ids[:max_len], lab[:max_len]
+        input_ids.append(ids)
+        labels.append(lab)
+    return {"input_ids": input_ids, "labels": labels}, truncated
+
+
+def text_blocks(tokenizer, texts: list[str], block_size: int) -> dict:
+    """Raw text: tokenize everything, EOS between documents, cut into full blocks; the loss covers every token."""
+    ids: list[int] = []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for text in texts:
+        ids.extend(bos + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    blocks = [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
+    if not blocks:
+        raise DataError(f"the text has {len(ids)} tokens, fewer than data.block_size {block_size}; lower block_size")
+    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+
+def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
+    """Load, shape and tokenize the train and test data for a run."""
+    import datasets
+
+    d = cfg.data
+    train, test = train_test(d, cfg.train.seed)
+    first = train.rows[0]
+    if not isinstance(first, dict):
+        raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
+    task = detect_task(list(first), d, train.where[0].rsplit(" ", 2)[0])
+    max_len = cfg.model.max_seq_length
+    if task == "text":
+        col = _resolve_columns(list(first), d, task, d.source)["text"]
+        blocks = text_blocks(tokenizer, [_text(r, col, w) for r, w in zip(train.rows, train.where)], d.block_size)
+        ds = datasets.Dataset.from_dict(blocks)
+        if test is not None and test.rows:
+            test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, [_text(r, col, "") for r in test.rows], d.block_size))
+        elif d.test_size > 0 and len(ds) > 1:
+            parts = ds.train_test_split(test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed)
+            ds, test_ds = parts["train"], parts["test"]
+        else:
+            test_ds = None
+        return PreparedData(task, "none", ds, test_ds)
+    template = choose_template(task, d, tokenizer)
+    train_convs, skipped = conversations(train, task, d)
+    if not train_convs:
+        raise DataError(f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns")
+    tokens, truncated = tokenize(tokenizer, train_convs, template, d, max_len)
+    test_convs, test_ds = [], None
+    if test is not None and test.rows:
+        test_convs, test_skipped = conversations(test, task, d)
+        skipped += test_skipped
+        if test_convs:
+            test_ds = datasets.Dataset.from_dict(tokenize(tokenizer, test_convs, template, d, max_len)[0])
+    return PreparedData(task, template, datasets.Dataset.from_dict(tokens), test_ds, train_convs, test_convs, skipped, truncated)
+
+
+def prompt_and_reference(tokenizer, conversation: list[dict], template: str) -> tuple[str, str]:
+    """The inference prompt of a test conversation and its reference answer (the final assistant message)."""
+    return render_prompt(tokenizer, conversation, template), conversation[-1]["content"]

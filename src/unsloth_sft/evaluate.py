@@ -1,0 +1,251 @@
+"""Generation, eval loss, and base-vs-tuned evaluation with the metric that fits the task."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import EvalConfig, RunConfig
+from unsloth_sft.errors import DataError, ModelError
+from unsloth_sft.prompts import render, render_prompt, stop_token_ids
+
+
+def generation_kwargs(ecfg: EvalConfig, tokenizer) -> dict[str, Any]:
+    """generate() arguments from config; sampling knobs only when sampling (greedy ignores them)."""
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=ecfg.max_new_tokens,
+        do_sample=ecfg.do_sample,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        repetition_penalty=ecfg.repetition_penalty,
+    )
+    if ecfg.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = ecfg.no_repeat_ngram_size
+    if ecfg.do_sample:
+        kwargs.update(temperature=ecfg.temperature, top_k=ecfg.top_k, top_p=ecfg.top_p)
+    return kwargs
+
+
+@contextlib.contextmanager
+def inference_mode(model, backend: str | None):
+    """unsloth's fast inference path while generating, then back to training mode."""
+    fast = None
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        fast = FastLanguageModel
+        fast.for_inference(model)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if fast is not None:
+            fast.for_training(model)
+        if was_training:
+            model.train()
+
+
+def generate(model, tokenizer, prompts: list[str], ecfg: EvalConfig, backend: str | None = None,
+             progress: bool = True, streamer=None) -> list[str]:
+    """Batched generation with left padding; returns only the new text of each prompt."""
+    import torch
+    from tqdm.auto import tqdm
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the last real token
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    batches = range(0, len(prompts), ecfg.batch_size)
+    kwargs = generation_kwargs(ecfg, tokenizer)
+    try:
+        with inference_mode(model, backend), torch.no_grad():
+            for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+                batch = prompts[start : start + ecfg.batch_size]
+                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                out = model.generate(**enc, **kwargs, streamer=streamer)
+                new = out[:, enc["input_ids"].shape[1] :]
+                outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def eval_loss(model, tokenizer, dataset, batch_size: int = 8) -> float | None:
+    """Mean cross-entropy per trained token (labels != -100) over a tokenized dataset."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    if dataset is None or len(dataset) == 0:
+        return None
+    collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total += loss.item()
+            count += int((labels != -100).sum())
+    return total / count if count else None
+
+
+def shot_prefix(tokenizer, example: list[dict], template: str) -> list[dict] | str:
+    """One worked example for the base model's prompt: messages for chat templates, text for plain ones."""
+    if template == "chat":
+        return [m for m in example if m["role"] != "system"][:2]
+    text = render(tokenizer, example, template).text
+    return text[: len(text) - len(tokenizer.eos_token or "")] + "\n\n"
+
+
+def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot: list[dict] | None = None) -> list[str]:
+    """Inference prompts for test conversations (optionally one-shot), from the same template as training."""
+    out = []
+    for conv in conversations:
+        if shot is None:
+            out.append(render_prompt(tokenizer, conv, template))
+        elif template == "chat":
+            out.append(render_prompt(tokenizer, shot_prefix(tokenizer, shot, template) + conv, template))
+        else:
+            prompt = render_prompt(tokenizer, conv, template)
+            bos = tokenizer.bos_token or ""
+            body = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+            prefix = shot_prefix(tokenizer, shot, template)
+            out.append(prefix + body if not prefix.startswith(bos) or not bos else prefix + body)
+    return out
+
+
+def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart."""
+    from unsloth_sft import metrics as M
+    from unsloth_sft.data import prepare
+    from unsloth_sft.export import ADAPTER_DIR, MERGED_DIR
+    from unsloth_sft.model import load_for_inference
+    from unsloth_sft.report import write_eval
+
+    run_dir = Path(run_dir)
+    adapter, merged = run_dir / ADAPTER_DIR, run_dir / MERGED_DIR
+    has_adapter = (adapter / "adapter_config.json").is_file()
+    if not has_adapter and not (merged / "config.json").is_file():
+        raise ModelError(f"{run_dir}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+    if has_adapter:
+        model, tokenizer = load_for_inference(cfg.model.name, str(adapter))
+    else:
+        model, tokenizer = load_for_inference(str(merged))
+    data = prepare(cfg, tokenizer)
+    if data.test is None or len(data.test) == 0:
+        raise DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
+    base_model = None if has_adapter else load_for_inference(cfg.model.name)[0]
+
+    def as_base():
+        return model.disable_adapter() if has_adapter else contextlib.nullcontext()
+
+    result: dict[str, Any] = {"task": data.task, "template": data.template, "test_examples": len(data.test)}
+    with as_base():
+        base_loss = eval_loss(base_model or model, tokenizer, data.test, cfg.eval.batch_size)
+    tuned_loss = eval_loss(model, tokenizer, data.test, cfg.eval.batch_size)
+    scores: dict[str, dict] = {"eval_loss": {"base": base_loss, "tuned": tuned_loss}}
+    if data.task == "text":
+        scores["perplexity"] = {"base": M.perplexity(base_loss), "tuned": M.perplexity(tuned_loss)}
+        rows = []
+    else:
+        convs = data.test_conversations[: cfg.eval.num_examples]
+        references = [c[-1]["content"] for c in convs]
+        tuned_prompts = prompts_for(tokenizer, convs, data.template)
+        shot = data.train_conversations[0] if cfg.eval.num_shots == 1 and data.train_conversations else None
+        base_prompts = prompts_for(tokenizer, convs, data.template, shot) if shot else tuned_prompts
+        tuned_out = generate(model, tokenizer, tuned_prompts, cfg.eval)
+        base_out: list[str] = []
+        if cfg.eval.compare_base:
+            with as_base():
+                base_out = generate(base_model or model, tokenizer, base_prompts, cfg.eval)
+        for name, value in M.text_metrics(tuned_out, references, data.task).items():
+            scores[name] = {"tuned": value}
+        if base_out:
+            for name, value in M.text_metrics(base_out, references, data.task).items():
+                scores[name]["base"] = value
+        rows = [
+            {"input": p, "reference": r, "base": b, "tuned": t}
+            for p, r, b, t in zip(tuned_prompts, references, base_out or [None] * len(references), tuned_out)
+        ]
+    for values in scores.values():
+        if values.get("base") is not None and values.get("tuned") is not None:
+            values["delta"] = values["tuned"] - values["base"]
+    result["metrics"] = scores
+    summary = write_eval(run_dir / "eval", cfg.run_name, result, rows)
+    result["summary"] = summary
+    return result
+
+
+def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
+    """(line number, parsed value or None, error or None) for each non-empty line of a JSONL file."""
+    from unsloth_sft.data import _read_text
+
+    out = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line), None))
+        except json.JSONDecodeError as err:
+            out.append((n, None, f"{path} line {n}: invalid JSON ({err.msg})"))
+    return out
+
+
+def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path) -> dict:
+    """Generate for each input line (a prompt string, {messages}, or dataset columns); bad lines are counted."""
+    import sys
+
+    from unsloth_sft.data import _resolve_columns, choose_template, detect_task, to_messages
+    from unsloth_sft.model import load_for_inference
+    from unsloth_sft.runs import atomic_write_text
+
+    if not Path(input_path).is_file():
+        raise DataError(f"{input_path}: input file not found")
+    lines = read_input_lines(Path(input_path))
+    model, tokenizer = load_for_inference(model_path, adapter)
+    prompts, kept, errors = [], [], []
+    for n, value, error in lines:
+        try:
+            if error:
+                raise DataError(error)
+            if isinstance(value, str):
+                messages = [{"role": "user", "content": value}]
+                task = "chat"
+            elif isinstance(value, dict) and "messages" in value:
+                messages, task = value["messages"], "chat"
+            elif isinstance(value, dict):
+                task = detect_task(list(value), cfg.data, f"{input_path} line {n}")
+                cols = _resolve_columns(list(value), cfg.data, task, f"{input_path} line {n}")
+                answer_col = {"summarization": "summary", "qa": "answer", "gsm8k": "answer", "instruction": "output",
+                              "completion": "completion"}.get(task)
+                row = dict(value)
+                if answer_col and not str(row.get(cols.get(answer_col, ""), "")).strip():
+                    row[cols[answer_col]] = "-"  # no answer yet: a placeholder the prompt never shows
+                messages = to_messages(row, task, cols, cfg.data, f"{input_path} line {n}")
+            else:
+                raise DataError(f"{input_path} line {n}: expected a string or an object, got {type(value).__name__}")
+            template = choose_template(task if task != "chat" else "chat", cfg.data, tokenizer)
+            prompts.append(render_prompt(tokenizer, messages, template))
+            kept.append((n, value))
+        except DataError as err:
+            errors.append(str(err))
+            print(f"unsloth-sft: skipped: {err}", file=sys.stderr)
+    outputs = generate(model, tokenizer, prompts, cfg.eval) if prompts else []
+    text = "".join(json.dumps({"line": n, "input": v, "output": o}, ensure_ascii=False) + "\n" for (n, v), o in zip(kept, outputs))
+    atomic_write_text(Path(output_path), text)
+    return {"written": len(outputs), "failed": len(errors), "output": str(output_path)}
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,247 @@
+"""Model loading: unsloth's FastLanguageModel or transformers + bitsandbytes + peft, LoRA or full fine-tuning."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import RunConfig
+from unsloth_sft.errors import ModelError
+from unsloth_sft.tiny import TINY_NAME, tiny_model_path
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    backend: str  # "unsloth" or "transformers"
+    path: str  # where the base weights came from (a folder or a Hub id)
+    trainable_params: int
+    total_params: int
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for `name`: the tiny model is built on first use; Hub ids pass through unchanged."""
+    if name == TINY_NAME:
+        return str(tiny_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.name '{name}': folder has no config.json, so it is not a Hugging Face model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"model.name '{name}': no such folder, and not a Hub id like org/model")
+    return name
+
+
+def unsloth_available() -> bool:
+    """True when unsloth can be imported here (on a GPU, or with unsloth 2026.10.9's CPU backend)."""
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # old releases raise on a machine with no GPU
+        return False
+    return True
+
+
+def choose_backend(requested: str) -> str:
+    if requested == "transformers":
+        return "transformers"
+    if unsloth_available():
+        return "unsloth"
+    if requested == "unsloth":
+        raise ModelError("model.backend is unsloth but unsloth does not import here; pip install unsloth, or use backend: transformers")
+    return "transformers"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def linear_module_names(model) -> list[str]:
+    """Names (last component) of the linear layers in a model, the valid LoRA targets."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D"):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf != "lm_head":
+                names.add(leaf)
+    return sorted(names)
+
+
+def check_target_modules(model, targets: list[str]) -> None:
+    have = linear_module_names(model)
+    missing = [t for t in targets if t not in have]
+    if missing:
+        raise ModelError(f"lora.target_modules {missing} not in this model; its linear layers are: {', '.join(have)}")
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _hub_error(name: str, err: Exception) -> ModelError:
+    first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+    return ModelError(f"model.name '{name}': could not load ({first}); check the id or folder, and the network for Hub ids")
+
+
+def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
+    """Load the base model and tokenizer for `cfg`, and attach LoRA adapters unless fine-tuning fully."""
+    backend = choose_backend(cfg.model.backend)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
+    path = resolve_model_path(cfg.model.name)
+    loader = _load_unsloth if backend == "unsloth" else _load_transformers
+    model, tokenizer = loader(cfg, path, with_adapters)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trainable, total = count_params(model)
+    return LoadedModel(model, tokenizer, backend, path, trainable, total)
+
+
+def _load_unsloth(cfg: RunConfig, path: str, with_adapters: bool):
+    from unsloth import FastLanguageModel
+
+    m, lora = cfg.model, cfg.lora
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path,
+            max_seq_length=m.max_seq_length,
+            dtype=None if m.dtype == "auto" else torch_dtype(m.dtype),
+            load_in_4bit=m.load_in_4bit,
+            full_finetuning=cfg.finetune == "full",
+            trust_remote_code=m.trust_remote_code,
+            token=os.environ.get("HF_TOKEN"),
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _hub_error(m.name, err) from None
+    if with_adapters and cfg.finetune != "full":
+        check_target_modules(model, lora.target_modules)
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=lora.r,
+            target_modules=lora.target_modules,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            bias=lora.bias,
+            use_gradient_checkpointing=lora.use_gradient_checkpointing,
+            random_state=cfg.train.seed,
+            use_rslora=lora.use_rslora,
+        )
+    return model, tokenizer
+
+
+def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    m, lora = cfg.model, cfg.lora
+    dtype = torch_dtype(m.dtype)
+    quant = None
+    if m.load_in_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,  # ~0.4 bit/param saved on the quantisation constants
+            bnb_4bit_compute_dtype=dtype,
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=quant,
+            dtype=dtype,
+            trust_remote_code=m.trust_remote_code,
+            device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
+        )
+    except (OSError, ValueError) as err:
+        raise _hub_error(m.name, err) from None
+    if not (with_adapters and cfg.finetune != "full"):
+        return model, tokenizer
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    check_target_modules(model, lora.target_modules)
+    checkpointing = bool(lora.use_gradient_checkpointing)
+    if m.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config), tokenizer
+
+
+def load_for_inference(model_path: str, adapter: str | None = None, backend: str = "auto", load_in_4bit: bool = False):
+    """Load a model folder or Hub id (optionally with a LoRA adapter) for generation: (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model_path)
+    if adapter is not None:
+        adapter_cfg = Path(adapter) / "adapter_config.json"
+        if not adapter_cfg.is_file():
+            raise ModelError(f"{adapter}: no adapter_config.json, so it is not a LoRA adapter folder")
+    dtype = torch_dtype("auto")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter or path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise _hub_error(model_path, err) from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        check_adapter_base(adapter, model)
+        model = PeftModel.from_pretrained(model, adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    import torch
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model, tokenizer
+
+
+def check_adapter_base(adapter: str, model) -> None:
+    """Refuse an adapter trained on a different architecture/shape than `model` (one line, both names)."""
+    import json
+
+    from safetensors import safe_open
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{adapter}: no adapter_model.safetensors")
+    params = dict(model.named_parameters())
+    base_name = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            if ".lora_A." not in key:
+                continue
+            target = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight")
+            shape = f.get_slice(key).get_shape()
+            if target not in params or params[target].shape[-1] != shape[-1]:
+                raise ModelError(
+                    f"{adapter}: adapter was trained on '{base_name}', which does not match this base model "
+                    f"({target} missing or of another shape); pass the base model it was trained on"
+                )

@@ -1,0 +1,64 @@
+"""Notebook support: config from papermill parameters, small display helpers, and the papermill runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import RunConfig, load_config
+from unsloth_sft.errors import ConfigError
+
+SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
+SHORTCUTS = {"dataset": "data.source", "max_steps": "train.max_steps", "model_name": "model.name"}
+PARAMETERS = ("params_file", "overrides", *SHORTCUTS, *SECTIONS)  # what a notebook's parameters cell defines
+
+
+def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
+    """The RunConfig of a notebook run from its parameters (params_file, sections from papermill -f, -p shortcuts).
+
+    `defined` is `set(dir())` taken at the end of the parameters cell: any name papermill injected beyond it
+    is a parameter the notebook does not know, which papermill itself only warns about.
+    """
+    unknown = sorted(k for k in namespace if k not in defined and not k.startswith("_"))
+    if unknown:
+        raise ConfigError(f"unknown notebook parameter(s): {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
+    params = {k: namespace[k] for k in SECTIONS if namespace.get(k) not in (None, {})}
+    if "lora" in namespace and namespace["lora"] is None:
+        params["lora"] = None
+    # papermill -f gives the sections themselves: then a params_file would only leak keys the recipe left out.
+    params_file = None if params else namespace.get("params_file") or None
+    overrides = namespace.get("overrides") or []
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    shortcuts = [(path, namespace[name]) for name, path in SHORTCUTS.items() if namespace.get(name) is not None]
+    return load_config(params_file, overrides=overrides + shortcuts, params=params)
+
+
+def side_by_side(prompts_refs: list[tuple[str, str]], before: list[str], after: list[str]) -> str:
+    """Markdown: reference, base output and tuned output for a few examples."""
+    rows = ["| # | reference | before training | after training |", "|---|---|---|---|"]
+    clean = lambda s: s.replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
+    for i, ((_, ref), b, a) in enumerate(zip(prompts_refs, before, after), 1):
+        rows.append(f"| {i} | {clean(ref)} | {clean(b)} | {clean(a)} |")
+    return "\n".join(rows)
+
+
+def run_notebook(notebook: str, params: str, overrides: list[str], output: str | None = None) -> Path:
+    """Validate the config first (papermill only warns on bad parameters), then execute the notebook."""
+    import papermill
+
+    cfg = load_config(params, overrides)
+    nb = Path(notebook)
+    if not nb.is_file():
+        raise ConfigError(f"{notebook}: notebook not found (notebooks/train.ipynb, evaluate.ipynb, infer.ipynb)")
+    out = Path(output) if output else cfg.run_dir / nb.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(nb),
+        str(out),
+        parameters={"params_file": str(Path(params).resolve()), "overrides": list(overrides)},
+        kernel_name="python3",
+        language="python",
+        cwd=str(Path.cwd()),
+        progress_bar=False,
+    )
+    return out

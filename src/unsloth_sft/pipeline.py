@@ -1,0 +1,128 @@
+"""The training job as a few steps the CLI and the notebooks share: start, train, finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import RunConfig, save_config
+from unsloth_sft.data import PreparedData, prepare
+from unsloth_sft.export import (
+    ADAPTER_DIR,
+    MERGED_DIR,
+    export_unsloth,
+    merge_adapter,
+    model_card,
+    push_folder,
+    save_adapter,
+    save_full,
+    unsloth_only,
+    write_card,
+)
+from unsloth_sft.model import LoadedModel, load_model
+from unsloth_sft.runs import prepare_run_dir, write_json
+from unsloth_sft.train import build_trainer, environment, is_main_process, loss_history, plot_loss, train
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    run_dir: Path
+    resume_from: Path | None
+    loaded: LoadedModel | None = None
+    data: PreparedData | None = None
+    trainer: Any = None
+    metrics: dict | None = None
+
+
+def start(cfg: RunConfig) -> Run:
+    """Check the run folder (refusing a finished run), save the resolved config, load model and data."""
+    run_dir = cfg.run_dir
+    resume_from = prepare_run_dir(run_dir, cfg.overwrite, cfg.train.resume) if is_main_process() else None
+    if is_main_process():
+        save_config(cfg, run_dir / ".config.yaml.tmp")
+        (run_dir / ".config.yaml.tmp").replace(run_dir / "config.yaml")
+        write_json(run_dir / "environment.json", environment())
+    else:
+        from unsloth_sft.runs import latest_checkpoint
+
+        resume_from = latest_checkpoint(run_dir) if cfg.train.resume == "auto" else None
+    run = Run(cfg, run_dir, resume_from)
+    run.loaded = load_model(cfg)
+    run.data = prepare(cfg, run.loaded.tokenizer)
+    if is_main_process():
+        lm = run.loaded
+        print(f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
+              f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)")
+        d = run.data
+        print(f"data: {d.task} task, {d.template} template, {len(d.train)} train / {len(d.test) if d.test else 0} test"
+              f" examples, {d.skipped} skipped (empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens")
+    return run
+
+
+def fit(run: Run) -> dict:
+    """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
+    run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train)
+    run.metrics = train(run.cfg, run.trainer, run.resume_from)
+    lm, d = run.loaded, run.data
+    run.metrics.update(
+        backend=lm.backend,
+        base_model=lm.path,
+        trainable_params=lm.trainable_params,
+        total_params=lm.total_params,
+        task=d.task,
+        template=d.template,
+        train_examples=len(d.train),
+        skipped_examples=d.skipped,
+        truncated_examples=d.truncated,
+        resumed_from=str(run.resume_from) if run.resume_from else None,
+    )
+    return run.metrics
+
+
+def finish(run: Run) -> dict:
+    """Save adapter / merged weights / cards / loss curve, then metrics.json last (it marks the run finished)."""
+    cfg, lm = run.cfg, run.loaded
+    if not is_main_process():
+        return run.metrics
+    history = loss_history(run.trainer)
+    write_json(run.run_dir / "loss_history.json", {"history": history})
+    if history:
+        plot_loss(history, run.run_dir / "loss.png", title=f"{cfg.run_name}: training loss")
+    base_name = cfg.model.name
+    methods = cfg.export.save_methods
+    exported = {}
+    if cfg.finetune != "full":
+        path = save_adapter(lm.model, lm.tokenizer, run.run_dir)
+        write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"))
+        exported["lora"] = str(path)
+        if "merged_16bit" in methods:
+            path = merge_adapter(lm.path, path, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
+            write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
+            exported["merged_16bit"] = str(path)
+    else:
+        path = save_full(lm.model, lm.tokenizer, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
+        write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
+        exported["merged_16bit"] = str(path)
+    for method in ("merged_4bit_forced", "gguf"):
+        if method in methods:
+            unsloth_only(method, lm.backend)
+            exported[method] = str(export_unsloth(lm.model, lm.tokenizer, method, run.run_dir / method,
+                                                  cfg.export.quantization_method))
+    if cfg.export.push_to_hub:
+        folder = Path(exported.get("merged_16bit") or exported["lora"])
+        exported["hub"] = push_folder(folder, cfg.export.push_to_hub, cfg.export.private)
+    run.metrics["exported"] = exported
+    write_json(run.run_dir / "metrics.json", run.metrics)
+    return run.metrics
+
+
+def run_training(cfg: RunConfig) -> dict:
+    """The whole training job: start, fit, finish. Returns metrics.json's content."""
+    run = start(cfg)
+    fit(run)
+    return finish(run)
+
+
+__all__ = ["ADAPTER_DIR", "MERGED_DIR", "Run", "finish", "fit", "run_training", "start"]

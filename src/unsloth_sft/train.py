@@ -1,0 +1,187 @@
+"""Training with TRL's SFTTrainer: config -> SFTConfig, callbacks for memory and NaN, metrics of the run."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import RunConfig
+from unsloth_sft.errors import RunError
+from unsloth_sft.runs import CHECKPOINTS
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sft_config(cfg: RunConfig, output_dir: Path):
+    """TRL's SFTConfig for a run (names follow the upstream arguments one to one)."""
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    bf16 = (torch.cuda.is_bf16_supported() if cuda else False) if t.bf16 is None else (t.bf16 and cuda)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        run_name=cfg.run_name,
+        max_length=cfg.model.max_seq_length,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=t.num_train_epochs if t.num_train_epochs is not None else 1.0,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        bf16=bf16,
+        fp16=cuda and not bf16 and cfg.model.dtype != "float32",
+        use_cpu=not cuda,
+        report_to=[r for r in t.report_to if r != "none"] or "none",
+        dataset_num_proc=t.dataset_num_proc,
+        ddp_find_unused_parameters=t.ddp_find_unused_parameters,
+        include_num_input_tokens_seen="non_padding",
+        eval_strategy="no",
+        disable_tqdm=not is_main_process(),
+    )
+
+
+def _nan_callback():
+    from transformers import TrainerCallback
+
+    class StopOnNaN(TrainerCallback):
+        """Stops at the first NaN/inf loss, before a checkpoint of the broken weights can be saved."""
+
+        def __init__(self):
+            self.bad_step: int | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss) and self.bad_step is None:
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False
+
+    return StopOnNaN()
+
+
+def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=()):
+    """An SFTTrainer over pre-tokenized rows (input_ids + labels: our masks are used as they are)."""
+    from trl import SFTTrainer
+
+    args = sft_config(cfg, cfg.run_dir / CHECKPOINTS)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    return trainer
+
+
+def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str, Any]:
+    """Run training (resuming when given a checkpoint) and return the run's metrics as a plain dict."""
+    from unsloth_sft.memory import MemoryCallback
+
+    memory = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryCallback)), None)
+    if memory is None:
+        memory = MemoryCallback(verbose=is_main_process())
+        trainer.add_callback(memory)
+    nan = _nan_callback() if cfg.train.stop_on_nan else None
+    if nan is not None:
+        trainer.add_callback(nan)
+    if resume_from is not None and is_main_process():
+        print(f"Resuming from {resume_from}")
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if nan is not None and nan.bad_step is not None:
+        raise RunError(
+            f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
+            "lower train.learning_rate or check the data"
+        )
+    return run_metrics(cfg, trainer, output, memory.report)
+
+
+def run_metrics(cfg: RunConfig, trainer, output, memory: dict) -> dict[str, Any]:
+    """Runtime, steps, tokens, loss summary and memory for metrics.json."""
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    runtime = output.metrics.get("train_runtime", 0.0)
+    tokens = int(state.num_input_tokens_seen or 0)
+    batch = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
+    return {
+        "run_name": cfg.run_name,
+        "runtime_s": round(runtime, 3),
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0.0, 4),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "effective_batch_size": batch * world_size(),
+        "processes": world_size(),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "min_loss": min(losses) if losses else None,
+        "train_loss": output.training_loss,
+        "memory": memory,
+    }
+
+
+def loss_history(trainer) -> list[dict]:
+    return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+
+
+def plot_loss(history: list[dict], path: Path, title: str = "training loss") -> Path:
+    """Save the loss curve as a PNG (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and device, saved beside what the run made."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return {"python": platform.python_version(), "device": device, "packages": versions}
