@@ -87,7 +87,7 @@ def _dispatch(args) -> int:
         print(report["summary"])
         return 0
     if args.command == "infer":
-        from unsloth_sft.evaluate import infer_file
+        from unsloth_sft.infer import infer_file
 
         cfg = load_config(args.params, args.overrides) if args.params else load_config(None, args.overrides)
         counts = infer_file(cfg, args.model, args.adapter, Path(args.input), Path(args.output))

@@ -197,14 +197,18 @@ def train_test(cfg: DataConfig, seed: int) -> tuple[Split, Split | None]:
 # ---------------------------------------------------------------- rows -> conversations
 
 
-def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str) -> dict[str, str]:
-    """Map each canonical field of `task` to a column: data.columns first, then an exact or case-blind match."""
+def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str, answer: bool = True) -> dict[str, str]:
+    """Map each canonical field of `task` to a column: data.columns first, then an exact or case-blind match.
+
+    With answer=False (inference), the answer column may be absent.
+    """
     lower = {c.lower(): c for c in columns}
+    optional = OPTIONAL_FIELDS.get(task, ()) + (() if answer else (ANSWER_FIELD.get(task),))
     out = {}
     for name in TASK_FIELDS[task] + OPTIONAL_FIELDS.get(task, ()):
         col = cfg.columns.get(name) or (name if name in columns else lower.get(name))
         if col is None or col not in columns:
-            if name in OPTIONAL_FIELDS.get(task, ()):
+            if name in optional:
                 continue
             raise DataError(
                 f"{origin}: no column '{col or name}' for the {task} field '{name}'; columns are: {', '.join(columns)}; "
@@ -252,8 +256,13 @@ def _text(row: dict, col: str, where: str) -> str:
     return str(value)
 
 
-def to_messages(row: dict, task: str, cols: dict[str, str], cfg: DataConfig, where: str) -> list[dict] | None:
-    """One row as a conversation; None when its answer is empty (the caller skips and counts it)."""
+def to_messages(
+    row: dict, task: str, cols: dict[str, str], cfg: DataConfig, where: str, require_answer: bool = True
+) -> list[dict] | None:
+    """One row as a conversation; None when its answer is empty (the caller skips and counts it).
+
+    With require_answer=False (inference) the conversation ends before the answer instead.
+    """
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
     missing = [c for f, c in cols.items() if c not in row and f not in OPTIONAL_FIELDS.get(task, ())]
@@ -261,11 +270,11 @@ def to_messages(row: dict, task: str, cols: dict[str, str], cfg: DataConfig, whe
         raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
     if task == "chat":
         messages = _check_messages(row[cols["messages"]], where)
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return None
     else:
-        answer = _text(row, cols[ANSWER_FIELD[task]], where)
-        if not answer.strip():
+        answer = _text(row, cols[ANSWER_FIELD[task]], where) if ANSWER_FIELD[task] in cols else ""
+        if require_answer and not answer.strip():
             return None
         if task == "summarization":
             user = f"{cfg.instruction or DEFAULT_INSTRUCTION}\n\n{_text(row, cols['dialogue'], where)}"
@@ -274,7 +283,9 @@ def to_messages(row: dict, task: str, cols: dict[str, str], cfg: DataConfig, whe
             user = _text(row, cols["instruction"], where) + (f"\n\n{extra}" if extra.strip() else "")
         else:
             user = _text(row, cols[TASK_FIELDS[task][0]], where)
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        messages = [{"role": "user", "content": user}]
+        if answer.strip():
+            messages.append({"role": "assistant", "content": answer})
     if cfg.system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": cfg.system_prompt}, *messages]
     return messages

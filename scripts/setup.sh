@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv on a fresh machine: the CPU stack, this package (editable, with test tools), and
+# unsloth 2026.10.9 with --no-deps so its CPU backend runs (a plain `pip install unsloth` resolves an
+# older release without one, plus a CUDA torchvision). Safe to re-run: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; }
+pip_install -U pip
+pip_install torch==2.13.0                        # first, alone: the CPU build
+pip_install -c constraints-cpu.txt -e ".[test,tracking]"
+pip_install --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
+.venv/bin/python -c "import unsloth_sft, trl, peft; print('unsloth-sft set up in .venv')"

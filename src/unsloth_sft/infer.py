@@ -1,0 +1,111 @@
+"""Inference on new inputs: a run's model, prompts from strings / messages / dataset columns, JSONL in and out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config import RunConfig
+from unsloth_sft.data import ANSWER_FIELD, TASK_FIELDS, choose_template, detect_task, to_messages, train_test
+from unsloth_sft.errors import DataError, ModelError
+from unsloth_sft.prompts import render_prompt
+
+
+def load_run_model(cfg: RunConfig, run_dir: Path):
+    """The run's merged model when it has one, else the base with its adapter: (model, tokenizer)."""
+    from unsloth_sft.export import ADAPTER_DIR, MERGED_DIR
+    from unsloth_sft.model import load_for_inference
+
+    merged, adapter = Path(run_dir) / MERGED_DIR, Path(run_dir) / ADAPTER_DIR
+    if (merged / "config.json").is_file():
+        return load_for_inference(str(merged))
+    if (adapter / "adapter_config.json").is_file():
+        return load_for_inference(cfg.model.name, str(adapter))
+    raise ModelError(f"{run_dir}: no merged/ or adapter/ model in this run folder; train first (unsloth-sft train)")
+
+
+def recipe_task(cfg: RunConfig) -> str:
+    """The recipe's task: data.task, or detected from the source's columns."""
+    if cfg.data.task != "auto":
+        return cfg.data.task
+    train, _ = train_test(cfg.data, cfg.train.seed)
+    return detect_task(list(train.rows[0]), cfg.data, cfg.data.source)
+
+
+def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[list[dict], str]:
+    """A conversation and its task from an input: a string, {"messages": [...]}, or the dataset's own columns."""
+    if isinstance(value, str):
+        if task in ("chat", "text"):
+            return [{"role": "user", "content": value}], "chat"
+        field = TASK_FIELDS[task][0]
+        return to_messages({field: value}, task, {field: field}, cfg.data, where, require_answer=False), task
+    if isinstance(value, dict) and "messages" in value:
+        return to_messages(value, "chat", {"messages": "messages"}, cfg.data, where, require_answer=False), "chat"
+    if isinstance(value, dict):
+        from unsloth_sft.data import _resolve_columns
+
+        row_task = cfg.data.task if cfg.data.task not in ("auto", "text") else task
+        if not all(f in value or f in cfg.data.columns for f in TASK_FIELDS[row_task][:1]):
+            row_task = detect_task(list(value) + [ANSWER_FIELD.get(row_task, "")], cfg.data, where)
+        cols = _resolve_columns(list(value), cfg.data, row_task, where, answer=False)
+        return to_messages(value, row_task, cols, cfg.data, where, require_answer=False), row_task
+    raise DataError(f"{where}: expected a string or an object, got {type(value).__name__}")
+
+
+def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None) -> str:
+    """The rendered prompt for `prompt` (None: the recipe's first test example), in the recipe's template."""
+    from unsloth_sft.data import conversations
+
+    task = recipe_task(cfg)
+    if prompt is None:
+        train, test = train_test(cfg.data, cfg.train.seed)
+        convs, _ = conversations(test if test is not None and test.rows else train, task, cfg.data)
+        messages, kind = convs[0], task
+    else:
+        messages, kind = messages_for(prompt, cfg, task, "prompt")
+    return render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer))
+
+
+def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
+    """(line number, parsed value or None, error or None) for each non-empty line of a JSONL file."""
+    from unsloth_sft.data import _read_text
+
+    out = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line), None))
+        except json.JSONDecodeError as err:
+            out.append((n, None, f"{path} line {n}: invalid JSON ({err.msg}); the other lines were still processed"))
+    return out
+
+
+def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path) -> dict:
+    """Generate for each input line; lines that fail are reported by number and counted, the rest written."""
+    from unsloth_sft.evaluate import generate
+    from unsloth_sft.model import load_for_inference
+    from unsloth_sft.runs import atomic_write_text
+
+    if not Path(input_path).is_file():
+        raise DataError(f"{input_path}: input file not found")
+    lines = read_input_lines(Path(input_path))
+    model, tokenizer = load_for_inference(model_path, adapter)
+    task = cfg.data.task if cfg.data.task != "auto" else "chat"
+    prompts, kept, failed = [], [], 0
+    for n, value, error in lines:
+        try:
+            if error:
+                raise DataError(error)
+            messages, kind = messages_for(value, cfg, task, f"{input_path} line {n}")
+            prompts.append(render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer)))
+            kept.append((n, value))
+        except DataError as err:
+            failed += 1
+            print(f"unsloth-sft: skipped: {err}", file=sys.stderr)
+    outputs = generate(model, tokenizer, prompts, cfg.eval) if prompts else []
+    rows = [{"line": n, "input": v, "output": o} for (n, v), o in zip(kept, outputs)]
+    atomic_write_text(Path(output_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"written": len(rows), "failed": failed, "output": str(output_path)}

@@ -1,0 +1,51 @@
+"""Shared fixtures: no network, one tiny model per machine (cached), small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# No test may touch the network: every Hub client is told so before it is imported.
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[var] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))  # the tiny model is built once (~30 s), then reused
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    from unsloth_sft.tiny import tiny_model_path
+
+    return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_path)
+
+
+def small_config(tmp_path: Path, *overrides: str, params: str | None = None):
+    """A fast config on the tiny model in tmp_path (16-bit LoRA, few steps) plus dotted overrides."""
+    from unsloth_sft.config import load_config
+
+    base = [
+        f"output_dir={tmp_path}",
+        "run_name=t",
+        "model.load_in_4bit=false",
+        "model.max_seq_length=768",
+        "train.max_steps=6",
+        "train.per_device_train_batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "train.learning_rate=0.005",
+        "train.optim=adamw_torch",
+        "train.warmup_steps=0",
+        "eval.max_new_tokens=8",
+        "export.save_methods=[lora]",
+    ]
+    return load_config(params, overrides=base + list(overrides))
