@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -186,6 +188,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text; Python and YAML 1.2 read a number
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number):
+                return number
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -307,7 +316,7 @@ def load_config(
     """Load a RunConfig from a YAML file, then a mapping (papermill parameters), then dotted overrides."""
     raw: dict[str, Any] = read_yaml(path) if path else {}
     where = str(path) if path else "params"
-    for key, value in (params or {}).items():
+    for key, value in copy.deepcopy(params or {}).items():  # a copy: the caller's mapping stays as it was
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
         else:
@@ -352,6 +361,8 @@ def validate(cfg: RunConfig, where: str = "params") -> None:
     for name, value in positive.items():
         if value < 1:
             fail(f"{name} must be >= 1, got {value}")
+    if t.dataset_num_proc is not None and t.dataset_num_proc < 1:
+        fail(f"train.dataset_num_proc must be >= 1 or null, got {t.dataset_num_proc}")
     if t.save_steps is not None and t.save_steps < 1:
         fail(f"train.save_steps must be >= 1 or null, got {t.save_steps}")
     if t.learning_rate <= 0:
@@ -404,5 +415,14 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (no secrets can be in it: loading refuses them)."""
     import yaml
 
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def represent_str(dumper, value):
+        # NEL and the Unicode line/paragraph separators read back as line breaks unless escaped in double quotes
+        style = '"' if any(ch in value for ch in "\x85\u2028\u2029") else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, represent_str)
+    text = yaml.dump(cfg.to_dict(), Dumper=Dumper, sort_keys=False, allow_unicode=True)
     Path(path).write_text(text, encoding="utf-8")

@@ -109,7 +109,14 @@ def _read_table(path: Path) -> dict[str, Split]:
         if not path.read_bytes().strip():
             raise DataError(f"{path}: the file is empty; point data.source at a file with examples")
     try:
-        ds = datasets.Dataset.from_csv(str(path)) if path.suffix == ".csv" else datasets.Dataset.from_parquet(str(path))
+        if path.suffix == ".csv":  # as written: every column text ("007" stays), "NA"/"None" are not missing
+            import csv
+
+            header = next(csv.reader(_read_text(path).splitlines()[:1]), [])
+            features = datasets.Features({name: datasets.Value("string") for name in header})
+            ds = datasets.Dataset.from_csv(str(path), features=features, keep_default_na=False, na_filter=False)
+        else:
+            ds = datasets.Dataset.from_parquet(str(path))
     except Exception as err:  # pandas/pyarrow parse errors: name the file and keep their one-line reason
         raise DataError(f"{path}: cannot parse as {path.suffix[1:]} ({str(err).splitlines()[0][:200]})") from None
     offset = 2 if path.suffix == ".csv" else 1  # csv: line 1 is the header
@@ -118,14 +125,13 @@ def _read_table(path: Path) -> dict[str, Split]:
 
 def _read_path(path: Path) -> dict[str, Split]:
     if path.is_dir():
-        splits: dict[str, Split] = {}
-        for child in sorted(path.iterdir()):
-            if child.suffix in SUFFIXES and child.stem in ("train", "test", "validation"):
-                splits[child.stem] = _read_path(child)["train"]
-            elif child.suffix in SUFFIXES and not splits.get(child.stem):
-                splits.update(_read_path(child))
-        if not splits:
-            raise DataError(f"{path}: folder has no train/test {'/'.join(SUFFIXES)} files")
+        files = [c for c in sorted(path.iterdir()) if c.suffix in SUFFIXES]
+        named = {c.stem: c for c in files if c.stem in ("train", "test", "validation")}
+        splits: dict[str, Split] = {name: _read_path(child)["train"] for name, child in named.items()}
+        if "train" not in splits and len(files) == 1:  # one data file of another name: it is the source
+            splits = _read_path(files[0])
+        if "train" not in splits:
+            raise DataError(f"{path}: folder has no train.* file ({'/'.join(SUFFIXES)}); name the training file train.jsonl etc.")
         return splits
     if path.suffix == ".txt":
         text = _read_text(path)
@@ -218,13 +224,16 @@ def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str
     return out
 
 
-def detect_task(columns: list[str], cfg: DataConfig, origin: str) -> str:
-    """The task named in config, or the first whose fields the columns (after data.columns) provide."""
+def detect_task(columns: list[str], cfg: DataConfig, origin: str, answer: bool = True) -> str:
+    """The task named in config, or the first whose fields the columns (after data.columns) provide.
+
+    With answer=False (inference inputs) the answer column need not be there.
+    """
     if cfg.task != "auto":
         return cfg.task
     have = {c.lower() for c in columns} | set(cfg.columns)
     for task in ("chat", "summarization", "instruction", "completion", "qa", "text"):
-        if all(f in have for f in TASK_FIELDS[task]):
+        if all(f in have for f in TASK_FIELDS[task] if answer or f != ANSWER_FIELD.get(task)):
             return task
     raise DataError(
         f"{origin}: cannot tell the task from columns {', '.join(columns)}; set data.task "
@@ -291,6 +300,12 @@ def to_messages(
     return messages
 
 
+def _looks_like_gsm8k(rows: list[dict], cols: dict[str, str]) -> bool:
+    """question/answer rows whose answers end in '#### N' are GSM8K-style math (scored by exact match)."""
+    sample = [str(r.get(cols["answer"], "")) for r in rows[:20] if isinstance(r, dict)]
+    return bool(sample) and all("####" in a for a in sample)
+
+
 def choose_template(task: str, cfg: DataConfig, tokenizer) -> str:
     """data.template, or the task's natural one: the chat template where the tokenizer has one."""
     if cfg.template != "auto":
@@ -324,16 +339,37 @@ def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[d
 # ---------------------------------------------------------------- tokenization
 
 
+def _segments(rendered) -> list[tuple[str, bool]]:
+    """The rendered text cut at the span edges: (text, trained) pieces in order."""
+    pieces, at = [], 0
+    for start, end in rendered.spans:
+        if start > at:
+            pieces.append((rendered.text[at:start], False))
+        pieces.append((rendered.text[start:end], True))
+        at = end
+    if at < len(rendered.text):
+        pieces.append((rendered.text[at:], False))
+    return pieces
+
+
 def tokenize(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int) -> tuple[dict, int]:
-    """input_ids and labels for each conversation (prompt tokens -100), and how many were cut at max_len."""
+    """input_ids and labels for each conversation (prompt tokens -100), and how many were cut at max_len.
+
+    Each piece between span edges is tokenized on its own, so no token straddles prompt and answer, and the
+    prompt's tokens are exactly those of the inference prompt (which ends where the answer starts).
+    """
     rendered = [render(tokenizer, c, template, cfg.last_turn_only) for c in convs]
-    enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    pieces = [_segments(r) for r in rendered]
+    flat = [text for p in pieces for text, _ in p]
+    encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
     input_ids, labels, truncated = [], [], 0
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
-        if cfg.train_on_completions_only:
-            lab = [t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
-        else:
-            lab = list(ids)
+    for p in pieces:
+        ids: list[int] = []
+        lab: list[int] = []
+        for _, trained in p:
+            part = next(encoded)
+            ids.extend(part)
+            lab.extend(part if trained or not cfg.train_on_completions_only else [-100] * len(part))
         if len(ids) > max_len:
             truncated += 1
             ids, lab = ids[:max_len], lab[:max_len]
@@ -364,6 +400,8 @@ def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
     if not isinstance(first, dict):
         raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
     task = detect_task(list(first), d, train.where[0].rsplit(" ", 2)[0])
+    if task == "qa" and d.task == "auto" and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", d.source)):
+        task = "gsm8k"
     max_len = cfg.model.max_seq_length
     if task == "text":
         col = _resolve_columns(list(first), d, task, d.source)["text"]

@@ -46,9 +46,7 @@ def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[lis
     if isinstance(value, dict):
         from unsloth_sft.data import _resolve_columns
 
-        row_task = cfg.data.task if cfg.data.task not in ("auto", "text") else task
-        if not all(f in value or f in cfg.data.columns for f in TASK_FIELDS[row_task][:1]):
-            row_task = detect_task(list(value) + [ANSWER_FIELD.get(row_task, "")], cfg.data, where)
+        row_task = task if task not in ("chat", "text") else detect_task(list(value), cfg.data, where, answer=False)
         cols = _resolve_columns(list(value), cfg.data, row_task, where, answer=False)
         return to_messages(value, row_task, cols, cfg.data, where, require_answer=False), row_task
     raise DataError(f"{where}: expected a string or an object, got {type(value).__name__}")
@@ -93,7 +91,10 @@ def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path:
         raise DataError(f"{input_path}: input file not found")
     lines = read_input_lines(Path(input_path))
     model, tokenizer = load_for_inference(model_path, adapter)
-    task = cfg.data.task if cfg.data.task != "auto" else "chat"
+    try:
+        task = recipe_task(cfg)
+    except DataError:  # the recipe's data is not here (a Hub id offline): inputs say what they are
+        task = "chat"
     prompts, kept, failed = [], [], 0
     for n, value, error in lines:
         try:

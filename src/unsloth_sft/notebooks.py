@@ -28,7 +28,13 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
     # papermill -f gives the sections themselves: then a params_file would only leak keys the recipe left out.
     params_file = None if params else namespace.get("params_file") or None
     overrides = namespace.get("overrides") or []
-    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if isinstance(overrides, str):  # papermill -p passes text: '["a.b=1", "c.d=2"]' or one 'a.b=1'
+        import yaml
+
+        overrides = yaml.safe_load(overrides) if overrides.lstrip().startswith("[") else [overrides]
+    if not isinstance(overrides, list):
+        raise ConfigError(f"overrides: expected a list like [\"train.max_steps=5\"], got {overrides!r}")
+    overrides = [str(o) for o in overrides]
     shortcuts = [(path, namespace[name]) for name, path in SHORTCUTS.items() if namespace.get(name) is not None]
     return load_config(params_file, overrides=overrides + shortcuts, params=params)
 

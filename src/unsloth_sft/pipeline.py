@@ -20,9 +20,22 @@ from unsloth_sft.export import (
     unsloth_only,
     write_card,
 )
-from unsloth_sft.model import LoadedModel, load_model
+from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
 from unsloth_sft.runs import prepare_run_dir, write_json
-from unsloth_sft.train import build_trainer, environment, is_main_process, loss_history, plot_loss, train
+from unsloth_sft.train import (
+    build_trainer,
+    check_launch,
+    environment,
+    from_main,
+    init_distributed,
+    is_main_process,
+    loss_history,
+    main_first,
+    plot_loss,
+    save_sharded,
+    train,
+    world_size,
+)
 
 
 @dataclass
@@ -37,18 +50,23 @@ class Run:
 
 
 def start(cfg: RunConfig) -> Run:
-    """Check the run folder (refusing a finished run), save the resolved config, load model and data."""
+    """Check the run folder (refusing a finished run), save the resolved config, load model and data.
+
+    With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
+    """
+    cfg = check_launch(cfg)  # before anything is written or joined
+    init_distributed()
     run_dir = cfg.run_dir
-    resume_from = prepare_run_dir(run_dir, cfg.overwrite, cfg.train.resume) if is_main_process() else None
+    resume_from = None
     if is_main_process():
+        resume_from = prepare_run_dir(run_dir, cfg.overwrite, cfg.train.resume)
         save_config(cfg, run_dir / ".config.yaml.tmp")
         (run_dir / ".config.yaml.tmp").replace(run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment())
-    else:
-        from unsloth_sft.runs import latest_checkpoint
-
-        resume_from = latest_checkpoint(run_dir) if cfg.train.resume == "auto" else None
+    resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run = Run(cfg, run_dir, resume_from)
+    with main_first():  # the tiny model is built once, by rank 0; the others then read it
+        resolve_model_path(cfg.model.name)
     run.loaded = load_model(cfg)
     run.data = prepare(cfg, run.loaded.tokenizer)
     if is_main_process():
@@ -64,6 +82,10 @@ def start(cfg: RunConfig) -> Run:
 def fit(run: Run) -> dict:
     """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
     run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train)
+    if is_main_process():
+        t, n = run.cfg.train, world_size()
+        print(f"{n} process{'es' if n > 1 else ''} x {t.per_device_train_batch_size} per device x "
+              f"{t.gradient_accumulation_steps} accumulation = effective batch {t.per_device_train_batch_size * t.gradient_accumulation_steps * n}")
     run.metrics = train(run.cfg, run.trainer, run.resume_from)
     lm, d = run.loaded, run.data
     run.metrics.update(
@@ -82,8 +104,12 @@ def fit(run: Run) -> dict:
 
 
 def finish(run: Run) -> dict:
-    """Save adapter / merged weights / cards / loss curve, then metrics.json last (it marks the run finished)."""
+    """Save adapter / merged weights / cards / loss curve, then metrics.json last (it marks the run finished).
+
+    Rank 0 writes everything; the other ranks only join the weight gather of FSDP / ZeRO-3, then return.
+    """
     cfg, lm = run.cfg, run.loaded
+    sharded = save_sharded(run.trainer, run.run_dir / (MERGED_DIR if cfg.finetune == "full" else ADAPTER_DIR), lm.tokenizer)
     if not is_main_process():
         return run.metrics
     history = loss_history(run.trainer)
@@ -94,7 +120,7 @@ def finish(run: Run) -> dict:
     methods = cfg.export.save_methods
     exported = {}
     if cfg.finetune != "full":
-        path = save_adapter(lm.model, lm.tokenizer, run.run_dir)
+        path = sharded or save_adapter(lm.model, lm.tokenizer, run.run_dir)
         write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"))
         exported["lora"] = str(path)
         if "merged_16bit" in methods:
@@ -102,7 +128,7 @@ def finish(run: Run) -> dict:
             write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
             exported["merged_16bit"] = str(path)
     else:
-        path = save_full(lm.model, lm.tokenizer, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
+        path = sharded or save_full(lm.model, lm.tokenizer, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
         write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
         exported["merged_16bit"] = str(path)
     for method in ("merged_4bit_forced", "gguf"):

@@ -1,16 +1,25 @@
-"""Training with TRL's SFTTrainer: config -> SFTConfig, callbacks for memory and NaN, metrics of the run."""
+"""Training with TRL's SFTTrainer: config -> SFTConfig, callbacks for memory and NaN, metrics of the run.
+
+Several processes (`accelerate launch` / `torchrun`): every rank runs start -> fit, the Trainer shards the
+batches across ranks (DDP), and only rank 0 writes the run folder (see pipeline.finish).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig
-from unsloth_sft.errors import RunError
+from unsloth_sft.errors import ConfigError, RunError
 from unsloth_sft.runs import CHECKPOINTS
+
+TENSORBOARD_DIR = "logs"  # RUN_DIR/logs: TensorBoard event files when train.report_to has tensorboard
 
 
 def is_main_process() -> bool:
@@ -19,6 +28,116 @@ def is_main_process() -> bool:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def sharded_launch() -> str | None:
+    """"FSDP" or "DeepSpeed" when the launcher asked for sharded training (the env `accelerate launch` sets), else None."""
+    if world_size() < 2:
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or os.environ.get("UNSLOTH_FSDP2", "0") not in ("", "0"):
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DeepSpeed"
+    return None
+
+
+def check_launch(cfg: RunConfig) -> RunConfig:
+    """Refuse what this launch cannot run, before anything is written; backend auto picks what works.
+
+    DDP (every rank holds the whole model) works with both backends: unsloth 2026.10.9 supports it
+    (unsloth/models/_ddp_defaults.py, models/loader_utils.py prepare_device_map) and trained on 2 CPU
+    processes here. FSDP / DeepSpeed split the weights across ranks; this package then saves through
+    Trainer.save_model on every rank, which is wired for the transformers backend only.
+    """
+    sharded = sharded_launch()
+    if sharded is None:
+        return cfg
+    if cfg.model.backend == "unsloth":
+        raise ConfigError(
+            f"model.backend unsloth under a {sharded} launch ({world_size()} processes) is not supported by unsloth-sft: "
+            "set model.backend: transformers (--set model.backend=transformers), or launch with "
+            "params/accelerate/ddp.yaml"
+        )
+    if cfg.finetune == "qlora" or cfg.model.load_in_4bit:
+        raise ConfigError(
+            f"4-bit weights (model.load_in_4bit) cannot be sharded by {sharded} here: launch with "
+            "params/accelerate/ddp.yaml, or use finetune: lora / full with model.load_in_4bit: false"
+        )
+    if cfg.model.backend == "auto":  # unsloth would import, but the sharded save path is the transformers one
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backend="transformers"))
+    return cfg
+
+
+def init_distributed() -> None:
+    """Join the process group before the model loads, so ranks can agree (resume point) and each GPU rank
+    loads onto its own device (accelerate pins cuda:LOCAL_RANK). One process: nothing to do."""
+    if world_size() < 2:
+        return
+    import torch
+    from accelerate import PartialState
+
+    if not torch.cuda.is_available():
+        # accelerate names a CPU rank's device "cpu:0", which torch.load cannot map to: resuming the optimizer
+        # from a checkpoint fails ("don't know how to restore data location ... cpu:0"). Plain "cpu" works.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, nccl on GPUs; the Trainer reuses this group
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a broadcast; every rank must call it). One process: `value`."""
+    if not _distributed():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: Any) -> list:
+    """`value` from every rank, in rank order (every rank must call it). One process: [value]."""
+    if not _distributed():
+        return [value]
+    import torch.distributed as dist
+
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def main_first():
+    """A context where rank 0 goes first and the others wait (caches that one rank should fill)."""
+    if not _distributed():
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
+def save_sharded(trainer, target: Path, tokenizer) -> Path | None:
+    """FSDP / DeepSpeed ZeRO-3 keep a slice of the weights on each rank: every rank joins Trainer.save_model
+    (which gathers them), rank 0 writes `target`. None when the weights are whole on every rank (DDP)."""
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if not (getattr(trainer, "is_fsdp_enabled", False) or (ds is not None and ds.zero_stage == 3)):
+        return None
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.sharded-tmp")
+    trainer.save_model(str(staging))  # collective: a rank that skips it hangs the others
+    if is_main_process():
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    return target
 
 
 def sft_config(cfg: RunConfig, output_dir: Path):
@@ -56,13 +175,74 @@ def sft_config(cfg: RunConfig, output_dir: Path):
         bf16=bf16,
         fp16=cuda and not bf16 and cfg.model.dtype != "float32",
         use_cpu=not cuda,
-        report_to=[r for r in t.report_to if r != "none"] or "none",
+        report_to=trackers(cfg) or "none",
         dataset_num_proc=t.dataset_num_proc,
+        # LoRA: every adapter weight gets a gradient each step, so DDP need not search for unused ones (and the
+        # search breaks reentrant checkpointing). transformers 5 checkpoints non-reentrantly by default.
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
         include_num_input_tokens_seen="non_padding",
         eval_strategy="no",
         disable_tqdm=not is_main_process(),
     )
+
+
+def trackers(cfg: RunConfig) -> list[str]:
+    """train.report_to without "none", checked: a known integration whose package is installed."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    names = [r for r in cfg.train.report_to if r != "none"]
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"train.report_to: '{name}' is not a tracker; use none or one of {', '.join(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            extra = " (or the [tracking] extra)" if name == "tensorboard" else ""
+            raise ConfigError(f"train.report_to: {name} is not installed; pip install {name}{extra}, or remove it from report_to")
+    return names
+
+
+def _track_env(cfg: RunConfig, names: list[str]) -> None:
+    """Trackers write into the run folder: TensorBoard to RUN_DIR/logs, wandb to RUN_DIR/wandb.
+
+    transformers 5 dropped TrainingArguments.logging_dir; its TensorBoardCallback reads TENSORBOARD_LOGGING_DIR
+    when it is created (else OUTPUT_DIR/runs/...), so it is set here, per run, before the trainer exists.
+    """
+    if "tensorboard" in names:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(cfg.run_dir.absolute() / TENSORBOARD_DIR)
+    if "wandb" in names:
+        os.environ["WANDB_DIR"] = str(cfg.run_dir.absolute())  # offline runs: RUN_DIR/wandb/offline-run-*
+        os.environ.setdefault("WANDB_PROJECT", "unsloth-sft")
+
+
+def _config_callback(cfg: RunConfig, names: list[str], callbacks: list):
+    """Sends the run name and the resolved config to the trackers, once they have started (rank 0 only)."""
+    import yaml
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    config = cfg.to_dict()
+
+    class ConfigToTrackers(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            if "tensorboard" in names:
+                for cb in callbacks:
+                    if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+                        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+                        cb.tb_writer.add_text("run_name", cfg.run_name)
+                        cb.tb_writer.add_text("config", "    " + text.replace("\n", "\n    "))  # markdown code block
+            if "wandb" in names:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.config.update({"unsloth_sft": config}, allow_val_change=True)
+            if "mlflow" in names:
+                import mlflow
+
+                if mlflow.active_run() is not None:
+                    mlflow.log_dict(config, "unsloth_sft_config.json")
+
+    return ConfigToTrackers()
 
 
 def _nan_callback():
@@ -84,12 +264,29 @@ def _nan_callback():
     return StopOnNaN()
 
 
+def sft_trainer_class():
+    """TRL's SFTTrainer, or where TRL's Triton loss kernel cannot load (CPU builds of torch) and unsloth has not
+    replaced the trainer, a subclass whose loss is the model's own cross-entropy (TRL 1.15 has no fallback)."""
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    if getattr(trl_utils, "_ChunkedLogProbFunction", True) is not None or SFTTrainer.__name__.startswith("Unsloth"):
+        return SFTTrainer
+    from transformers import Trainer
+
+    class SFTTrainerWithoutTriton(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return SFTTrainerWithoutTriton
+
+
 def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=()):
     """An SFTTrainer over pre-tokenized rows (input_ids + labels: our masks are used as they are)."""
-    from trl import SFTTrainer
-
     args = sft_config(cfg, cfg.run_dir / CHECKPOINTS)
-    trainer = SFTTrainer(
+    names = trackers(cfg)
+    _track_env(cfg, names)
+    trainer = sft_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -97,6 +294,8 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    if names:
+        trainer.add_callback(_config_callback(cfg, names, trainer.callback_handler.callbacks))
     return trainer
 
 
@@ -119,7 +318,14 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
             f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
             "lower train.learning_rate or check the data"
         )
-    return run_metrics(cfg, trainer, output, memory.report)
+    metrics = run_metrics(cfg, trainer, output, memory.report)
+    metrics["memory_per_rank"] = gather(memory.report)  # collective: every rank reaches it after train()
+    if is_main_process() and len(metrics["memory_per_rank"]) > 1:
+        from unsloth_sft.memory import format_memory
+
+        for report in metrics["memory_per_rank"]:
+            print(format_memory(report))
+    return metrics
 
 
 def run_metrics(cfg: RunConfig, trainer, output, memory: dict) -> dict[str, Any]:

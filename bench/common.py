@@ -1,0 +1,243 @@
+"""Helpers shared by bench/cpu.py and bench/gpu.py: model shapes, bisection, requirement checks, tables, counters."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+# Gemma-2 shapes as literal Gemma2Config kwargs. 2B and 9B are the released models' config.json values.
+GEMMA2_2B = dict(
+    vocab_size=256000,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    max_position_embeddings=8192,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    hidden_activation="gelu_pytorch_tanh",
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+GEMMA2_9B = {
+    **GEMMA2_2B,
+    "hidden_size": 3584,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 42,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+}
+# ~14M parameters with the tiny tokenizer's 3,000-token vocabulary: big enough that matmuls, not Python, dominate.
+SMALL_SHAPE = dict(
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=64,
+    intermediate_size=1536,
+    max_position_embeddings=4096,
+    sliding_window=4096,
+)
+SMALL_NAME = "small-gemma2"
+
+# Where each missing package's wheel comes from on a machine without network (see ../shared/STACK.md).
+WHEEL_HINTS = {
+    "unsloth": "unsloth==2026.10.9 (27.3 MB wheel; pip install --no-deps, with unsloth_zoo)",
+    "unsloth_zoo": "unsloth_zoo==2026.10.9 (2.8 MB wheel; pip install --no-deps)",
+    "trl": "trl==1.15.0 (0.9 MB wheel)",
+    "datasets": "datasets==4.8.5 (0.6 MB wheel)",
+    "bitsandbytes": "bitsandbytes==0.50.2 (41.1 MB wheel, manylinux_2_24 x86_64)",
+    "peft": "peft==0.21.2",
+    "accelerate": "accelerate==1.15.0",
+    "transformers": "transformers==5.17.0",
+    "torch": "torch (a CUDA build matching the driver)",
+}
+
+
+# ---------------------------------------------------------------- process measurements
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def process_start_time() -> float:
+    """Wall-clock time this process started (from /proc on Linux; now elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return time.time()
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- requirements
+
+
+def missing_packages(names: list[str]) -> list[str]:
+    """The import names among `names` that are not installed here (find_spec only: nothing is imported)."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def requirements_message(missing: list[str]) -> str:
+    """One paragraph naming each missing package and the wheel to carry over."""
+    lines = [f"missing packages: {', '.join(missing)}. Install them from wheel files (no network needed):"]
+    lines += [f"  - {name}: {WHEEL_HINTS.get(name, name)}" for name in missing]
+    lines.append("  e.g. pip install --no-deps /path/to/wheels/*.whl")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- model shapes
+
+
+def gemma2_config(shape: dict, **extra):
+    """A transformers Gemma2Config from a shape dict plus overrides (eager attention: Gemma-2's soft-capping)."""
+    from transformers import Gemma2Config
+
+    kwargs = {"attn_implementation": "eager", **shape, **extra}
+    return Gemma2Config(**kwargs)
+
+
+def count_parameters(config) -> int:
+    """Parameters of a causal LM built from `config`, on the meta device (no memory, ~0.1 s for 9B)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_random_model(path: Path, shape: dict, tokenizer_path: Path, dtype: str = "float32", device: str = "cpu",
+                       seed: int = 0) -> Path:
+    """Save a random-initialised Gemma-2 of `shape` (safetensors) with the tokenizer of `tokenizer_path`."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2ForCausalLM
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    extra = {} if "vocab_size" in shape else {"vocab_size": len(tokenizer)}
+    config = gemma2_config(shape, dtype=dtype, **ids, **extra)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Gemma2ForCausalLM(config).to(getattr(torch, dtype))
+    tmp = path.with_name(f".{path.name}.tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    del model
+    tmp.rename(path)
+    return path
+
+
+# ---------------------------------------------------------------- bisection
+
+
+def longest_trainable(try_fn: Callable[[int], bool], lo: int, hi: int, step: int = 1) -> int | None:
+    """The largest n in [lo, hi] (a multiple of `step` above lo) with try_fn(n) True, assuming monotone failure.
+
+    try_fn(n) returns True when a sequence of n tokens trains, False when it runs out of memory. Returns None
+    when even `lo` fails. Calls try_fn O(log((hi - lo) / step)) times.
+    """
+    if lo > hi or step < 1:
+        raise ValueError(f"need lo <= hi and step >= 1, got lo={lo} hi={hi} step={step}")
+    if not try_fn(lo):
+        return None
+    if try_fn(hi):
+        return hi
+    good, bad = 0, (hi - lo + step - 1) // step  # indices: lo + i * step; good passes, bad fails
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if try_fn(lo + mid * step):
+            good = mid
+        else:
+            bad = mid
+    return lo + good * step
+
+
+# ---------------------------------------------------------------- data
+
+
+def bench_conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """`n` conversations: the bundled summarization and chat samples (all splits), shuffled and replicated."""
+    from unsloth_sft.config import DataConfig
+    from unsloth_sft.data import conversations, read_source
+
+    pool: list[list[dict]] = []
+    for source, task in (("sample:hindi-dialogsum", "summarization"), ("sample:chat", "chat")):
+        cfg = DataConfig(source=source, task=task)
+        for split in read_source(cfg).values():
+            pool.extend(conversations(split, task, cfg)[0])
+    rng = random.Random(seed)
+    out: list[list[dict]] = []
+    while len(out) < n:
+        block = list(pool)
+        rng.shuffle(block)
+        out.extend(block)
+    return out[:n]
+
+
+class TokenCounter:
+    """Wraps a data collator; counts tensor slots, real (non-pad) tokens and supervised tokens of every batch."""
+
+    def __init__(self, collator, pad_token_id: int):
+        self.collator = collator
+        self.pad_token_id = pad_token_id
+        self.slots = self.real = self.supervised = self.batches = 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        ids, labels = batch["input_ids"], batch["labels"]
+        self.batches += 1
+        self.slots += ids.numel()
+        self.real += int((ids != self.pad_token_id).sum())
+        self.supervised += int((labels[:, 1:] != -100).sum())  # labels shift by one inside the loss
+        return batch
+
+
+# ---------------------------------------------------------------- tables
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, int]]) -> str:
+    """A markdown table of `rows`: columns are (key, header, digits); missing values print as '-'."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k), d) for k, _, d in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])

@@ -1,0 +1,122 @@
+"""Evaluation and inference: base vs tuned on the tiny model, files written, bad input handled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import small_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny summarization run, trained long enough to fit its own training data."""
+    from unsloth_sft import pipeline
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+    cfg = small_config(tmp, "model.backend=transformers", "train.max_steps=25", "data.max_samples=16",
+                       "eval.num_examples=4", "eval.batch_size=4", "eval.max_new_tokens=6")
+    pipeline.run_training(cfg)
+    return cfg
+
+
+def test_tuned_loss_lower_than_base_on_training_data(trained):
+    """Evaluated on the data it trained on, the tuned model's loss is below the base model's."""
+    import dataclasses
+
+    from unsloth_sft.evaluate import evaluate_run
+
+    cfg = dataclasses.replace(trained, data=dataclasses.replace(trained.data, test_split="train"))
+    result = evaluate_run(cfg, cfg.run_dir)
+    loss = result["metrics"]["eval_loss"]
+    assert loss["tuned"] < loss["base"], loss
+    assert loss["delta"] == pytest.approx(loss["tuned"] - loss["base"])
+
+
+def test_eval_writes_report(trained):
+    from unsloth_sft.evaluate import evaluate_run
+
+    result = evaluate_run(trained, trained.run_dir)
+    folder = trained.run_dir / "eval"
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and set(rows[0]) == {"input", "reference", "base", "tuned"}
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert set(saved["metrics"]) >= {"eval_loss", "rouge1", "rouge2", "rougeL", "chrf++", "bleu"}
+    assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
+    report = (folder / "report.md").read_text()
+    assert "| rouge1 |" in report and "**Tuned:**" in report
+    assert (folder / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_batched_generation_equals_one_by_one(trained):
+    """Left-padded batches give the same greedy text as one prompt at a time."""
+    import dataclasses
+
+    from unsloth_sft.data import prepare
+    from unsloth_sft.evaluate import generate, prompts_for
+    from unsloth_sft.infer import load_run_model
+
+    model, tok = load_run_model(trained, trained.run_dir)
+    data = prepare(trained, tok)
+    prompts = prompts_for(tok, data.test_conversations[:3], data.template)
+    batched = generate(model, tok, prompts, dataclasses.replace(trained.eval, batch_size=3))
+    single = generate(model, tok, prompts, dataclasses.replace(trained.eval, batch_size=1))
+    assert batched == single
+
+
+def test_eval_refuses_run_without_model(tmp_path):
+    from unsloth_sft.errors import ModelError
+    from unsloth_sft.evaluate import evaluate_run
+
+    cfg = small_config(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no adapter/ or merged/"):
+        evaluate_run(cfg, tmp_path / "empty")
+
+
+def test_adapter_on_wrong_base_is_refused(trained, tmp_path):
+    """An adapter trained on one architecture is refused on another, naming the base it came from."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from unsloth_sft.errors import ModelError
+    from unsloth_sft.model import load_for_inference
+
+    other = Gemma2ForCausalLM(Gemma2Config(vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=16, intermediate_size=64))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelError, match="does not match this base model"):
+        load_for_inference(str(tmp_path / "other"), str(trained.run_dir / "adapter"))
+
+
+def test_infer_file_round_trip(trained, tmp_path):
+    """Prompt strings, messages and dataset rows all generate; a bad line is counted, the rest written."""
+    from unsloth_sft.infer import infer_file
+
+    lines = [
+        json.dumps("#Person1#: नमस्ते।\n#Person2#: जी, बोलिए।", ensure_ascii=False),
+        json.dumps({"messages": [{"role": "user", "content": "hello"}]}),
+        "{not json",
+        json.dumps({"dialogue": "#Person1#: चलो।\n#Person2#: हाँ।"}, ensure_ascii=False),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    counts = infer_file(trained, trained.model.name, str(trained.run_dir / "adapter"), src, out)
+    assert counts == {"written": 3, "failed": 1, "output": str(out)}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 4]
+    assert all(isinstance(r["output"], str) for r in rows)
+
+
+def test_eval_with_empty_test_split_is_refused(trained):
+    import dataclasses
+
+    from unsloth_sft.errors import DataError
+    from unsloth_sft.evaluate import evaluate_run
+
+    cfg = dataclasses.replace(trained, data=dataclasses.replace(trained.data, source="sample:tiny-book", task="summarization"))
+    with pytest.raises(DataError):
+        evaluate_run(cfg, cfg.run_dir)
