@@ -34,10 +34,11 @@ def world_size() -> int:
 
 
 def sharded_launch() -> str | None:
-    """"FSDP" or "DeepSpeed" when the launcher asked for sharded training (the env `accelerate launch` sets), else None."""
+    """The sharding the launcher asked for ("FSDP", "DeepSpeed"; from the env `accelerate launch` sets), else None."""
     if world_size() < 2:
         return None
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or os.environ.get("UNSLOTH_FSDP2", "0") not in ("", "0"):
+    unsloth_fsdp2 = os.environ.get("UNSLOTH_FSDP2", "").strip().lower() in ("1", "true", "yes", "on", "native")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or unsloth_fsdp2:
         return "FSDP"
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         return "DeepSpeed"
@@ -57,11 +58,11 @@ def check_launch(cfg: RunConfig) -> RunConfig:
         return cfg
     if cfg.model.backend == "unsloth":
         raise ConfigError(
-            f"model.backend unsloth under a {sharded} launch ({world_size()} processes) is not supported by unsloth-sft: "
+            f"model.backend unsloth under a {sharded} launch ({world_size()} processes) is not supported here: "
             "set model.backend: transformers (--set model.backend=transformers), or launch with "
             "params/accelerate/ddp.yaml"
         )
-    if cfg.finetune == "qlora" or cfg.model.load_in_4bit:
+    if cfg.model.load_in_4bit:  # also every qlora run (validate requires it)
         raise ConfigError(
             f"4-bit weights (model.load_in_4bit) cannot be sharded by {sharded} here: launch with "
             "params/accelerate/ddp.yaml, or use finetune: lora / full with model.load_in_4bit: false"
@@ -181,6 +182,7 @@ def sft_config(cfg: RunConfig, output_dir: Path):
         # search breaks reentrant checkpointing). transformers 5 checkpoints non-reentrantly by default.
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # the default hides a NaN loss from the log (and from StopOnNaN)
         eval_strategy="no",
         disable_tqdm=not is_main_process(),
     )
@@ -193,10 +195,13 @@ def trackers(cfg: RunConfig) -> list[str]:
     names = [r for r in cfg.train.report_to if r != "none"]
     for name in names:
         if name not in INTEGRATION_TO_CALLBACK:
-            raise ConfigError(f"train.report_to: '{name}' is not a tracker; use none or one of {', '.join(INTEGRATION_TO_CALLBACK)}")
+            valid = ", ".join(INTEGRATION_TO_CALLBACK)
+            raise ConfigError(f"train.report_to: '{name}' is not a tracker; use none or one of {valid}")
         if name not in get_available_reporting_integrations():
             extra = " (or the [tracking] extra)" if name == "tensorboard" else ""
-            raise ConfigError(f"train.report_to: {name} is not installed; pip install {name}{extra}, or remove it from report_to")
+            raise ConfigError(
+                f"train.report_to: {name} is not installed; pip install {name}{extra}, or remove it from report_to"
+            )
     return names
 
 
@@ -305,7 +310,7 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
 
     memory = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryCallback)), None)
     if memory is None:
-        memory = MemoryCallback(verbose=is_main_process())
+        memory = MemoryCallback(verbose=is_main_process() and world_size() == 1)  # several: all ranks below
         trainer.add_callback(memory)
     nan = _nan_callback() if cfg.train.stop_on_nan else None
     if nan is not None:
