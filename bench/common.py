@@ -145,8 +145,13 @@ def build_random_model(path: Path, shape: dict, tokenizer_path: Path, dtype: str
     extra = {} if "vocab_size" in shape else {"vocab_size": len(tokenizer)}
     config = gemma2_config(shape, dtype=dtype, **ids, **extra)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = Gemma2ForCausalLM(config).to(getattr(torch, dtype))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # built in its dtype: a 9B in float32 would need 37 GB first
+    try:
+        with torch.device(device):
+            model = Gemma2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     tmp = path.with_name(f".{path.name}.tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -30,6 +30,7 @@ from common import (  # noqa: E402
     TokenCounter,
     bench_conversations,
     build_random_model,
+    fmt,
     markdown_table,
     peak_rss_mb,
     write_json,
@@ -43,13 +44,16 @@ VARIANTS = {
     "pipeline-packing": ("unsloth_sft, train.packing: true (TRL bfd; implies padding-free)", {"packing": True}),
     "naive": ("every example padded to max_length, loss on every real token (prompt too)", None),
     "trl": ("plain TRL: SFTTrainer defaults on a `text` field, peft_config LoRA", None),
-    "pipeline-unsloth": ("unsloth_sft defaults on the unsloth backend (16-bit, CPU)", {}),
+    "pipeline-unsloth": ("unsloth_sft defaults, model.backend unsloth (what backend auto picks here)", {}),
+    "pipeline-no-checkpointing": ("unsloth_sft defaults without gradient checkpointing (not in the default run)", {}),
 }
-DEFAULT_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-padding-free", "pipeline-packing", "naive", "trl"]
+DEFAULT_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-padding-free", "pipeline-packing", "pipeline-unsloth",
+                    "naive", "trl"]
+QUICK_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-unsloth", "naive", "trl"]
 MODELS = ("tiny", "small")
 # Examples per variant: one pass (1 epoch) over the same examples for every variant of a model.
-EXAMPLES = {"tiny": 480, "small": 96}
-QUICK_EXAMPLES = {"tiny": 160, "small": 32}
+EXAMPLES = {"tiny": 160, "small": 32}  # ~56k / ~11k tokens: ~10-30 s of training per variant on one core
+QUICK_EXAMPLES = {"tiny": 64, "small": 16}
 MAX_LENGTH = 1024  # params/demo-cpu.yaml's max_seq_length, and TRL's default max_length
 BATCH, ACCUM = 2, 4  # the library's defaults (per_device_train_batch_size, gradient_accumulation_steps)
 PREP_EXAMPLES = 20_000
@@ -59,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny model only, fewer examples (~2 min)")
     p.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)} (default: both; --quick: tiny)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=None,
+                   help=f"comma list of {', '.join(VARIANTS)} (default: all but the last; --quick: {', '.join(QUICK_VARIANTS)})")
     p.add_argument("--examples", type=int, default=None, help="examples per variant (default: per model size)")
     p.add_argument("--prep-examples", type=int, default=None, help=f"examples for the data-prep benchmark ({PREP_EXAMPLES})")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
@@ -75,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.models = (args.models or ("tiny" if args.quick else ",".join(MODELS))).split(",")
-    args.variants = args.variants.split(",")
+    args.variants = (args.variants or ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)).split(",")
     for name in args.models + [args.model]:
         if name not in MODELS:
             p.error(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
@@ -132,6 +137,8 @@ def bench_config(variant: str, path: Path, out_dir: Path):
     ]
     for key, value in (VARIANTS[variant][1] or {}).items():
         overrides.append(f"train.{key}={str(value).lower()}")
+    if variant == "pipeline-no-checkpointing":
+        overrides.append("lora.use_gradient_checkpointing=false")
     return load_config(overrides=overrides)
 
 
@@ -222,20 +229,31 @@ def use_model_loss_without_triton() -> bool:
     return True
 
 
-def padding_free_without_max_length() -> None:
-    """TRL 1.15 refuses padding_free without packing while max_length is set (it would not enforce it); the rows
-    are already cut at model.max_seq_length by data.tokenize, so the library's SFTConfig gets max_length=None."""
+def patch_sft_config(variant: str) -> str | None:
+    """Library fixes the benchmark emulates (see README): returns what was changed, or None.
+
+    padding-free: TRL 1.15 refuses padding_free without packing while max_length is set (it would not enforce it);
+    data.tokenize already cut the rows at model.max_seq_length, so SFTConfig gets max_length=None.
+    no-checkpointing: SFTConfig.gradient_checkpointing defaults to True, so lora.use_gradient_checkpointing: false
+    alone does not turn it off on the transformers backend; SFTConfig gets gradient_checkpointing=False too.
+    """
     import unsloth_sft.train as lib
 
+    if variant not in ("pipeline-padding-free", "pipeline-no-checkpointing"):
+        return None
     original = lib.sft_config
 
     def sft_config(cfg, output_dir):
         args = original(cfg, output_dir)
         if args.padding_free and not args.packing:
             args.max_length = None
+        if not cfg.lora.use_gradient_checkpointing:
+            args.gradient_checkpointing = False
         return args
 
     lib.sft_config = sft_config
+    return {"pipeline-padding-free": "SFTConfig.max_length=None (rows pre-truncated)",
+            "pipeline-no-checkpointing": "lora.use_gradient_checkpointing=false and SFTConfig.gradient_checkpointing=False"}[variant]
 
 
 def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
@@ -253,8 +271,7 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
     from unsloth_sft.train import build_trainer, train
 
     torch.set_num_threads(threads)
-    if variant == "pipeline-padding-free":
-        padding_free_without_max_length()
+    workaround = patch_sft_config(variant)
     patched = False if variant == "pipeline-unsloth" else use_model_loss_without_triton()
     t_imports = time.time()
     path = model_path(model)
@@ -328,6 +345,8 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
         "attn_implementation": trainer.model.config._attn_implementation,
         "description": VARIANTS[variant][0],
         "loss": "transformers Trainer.compute_loss (no Triton)" if patched else "SFTTrainer.compute_loss",
+        "workaround": workaround,
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1/5/15-min load at the end: other jobs on the cores
     }
 
 
@@ -335,8 +354,9 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
 
 
 def run_prep(n: int, threads: int = 1) -> dict:
-    """Examples/s to format (chat template) and tokenize `n` examples: uncached, 2 processes, and from a cache."""
+    """Examples/s to format (chat template) and tokenize `n` examples: uncached (with its parts) and from a cache."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import gc
     import hashlib
     import shutil
 
@@ -354,30 +374,27 @@ def run_prep(n: int, threads: int = 1) -> dict:
     convs = bench_conversations(n)
     out: dict = {"examples": n}
 
-    t = time.time()
-    rows, _ = tokenize(tokenizer, convs, "chat", cfg, MAX_LENGTH)
-    uncached_s = time.time() - t
-    out["uncached_s"] = round(uncached_s, 2)
-    out["uncached_examples_per_s"] = round(n / uncached_s, 1)
+    def timed(name: str, fn):
+        t, c = time.time(), time.process_time()
+        value = fn()
+        out[f"{name}_s"], out[f"{name}_cpu_s"] = round(time.time() - t, 3), round(time.process_time() - c, 3)
+        return value
+
+    # The library call first (cold: the tokenizer's BPE word cache is empty), then its parts one by one (warm).
+    rows, _ = timed("uncached", lambda: tokenize(tokenizer, convs, "chat", cfg, MAX_LENGTH))
+    out["uncached_examples_per_s"] = round(n / out["uncached_s"], 1)
     out["tokens"] = sum(map(len, rows["input_ids"]))
+    gc.collect()
+    rendered = timed("render_only", lambda: [render(tokenizer, c, "chat") for c in convs])  # jinja, i+2 renders each
+    texts = [r.text for r in rendered]
+    enc = timed("tokenizer_only", lambda: tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True))
 
-    t = time.time()
-    rendered = [render(tokenizer, c, "chat") for c in convs]
-    out["render_only_s"] = round(time.time() - t, 2)  # the chat template (jinja), i+2 renders per conversation
-    t = time.time()
-    tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    out["tokenizer_only_s"] = round(time.time() - t, 2)
+    def label_masks():  # the loop of data.tokenize, replicated
+        return [[t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
+                for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
 
-    # Two processes through datasets.map (what data.dataset_num_proc would give if prepare() used it).
-    def tok_batch(batch):
-        return tokenize(tokenizer, batch["messages"], "chat", cfg, MAX_LENGTH)[0]
-
-    source = datasets.Dataset.from_dict({"messages": convs})
-    t = time.time()
-    source.map(tok_batch, batched=True, batch_size=1000, num_proc=2, remove_columns=["messages"],
-               load_from_cache_file=False)
-    out["two_proc_s"] = round(time.time() - t, 2)
-    out["two_proc_examples_per_s"] = round(n / (time.time() - t), 1)
+    timed("labels_loop", label_masks)
+    del rendered, texts, enc
 
     # A content-addressed cache: key = hash(tokenizer + template + data config + conversations), value = Arrow files.
     cache = Path(tempfile.mkdtemp(prefix="unsloth-sft-prep-cache-"))
@@ -390,18 +407,14 @@ def run_prep(n: int, threads: int = 1) -> dict:
         h.update(json.dumps(convs, ensure_ascii=False).encode())
         return h.hexdigest()[:16]
 
-    t = time.time()
-    datasets.Dataset.from_dict(rows).save_to_disk(str(cache / key()))
-    out["cache_write_s"] = round(time.time() - t, 2)
-    t = time.time()
-    cached = datasets.load_from_disk(str(cache / key()))
+    timed("cache_write", lambda: datasets.Dataset.from_dict(rows).save_to_disk(str(cache / key())))
+    cached = timed("cached", lambda: datasets.load_from_disk(str(cache / key())))
     assert len(cached) == n
-    cached_s = time.time() - t
-    out["cached_s"] = round(cached_s, 3)
-    out["cached_examples_per_s"] = round(n / cached_s, 1)
+    out["cached_examples_per_s"] = round(n / out["cached_s"], 1)
     out["library_has_cache"] = False
     shutil.rmtree(cache, ignore_errors=True)
     out["peak_rss_mb"] = peak_rss_mb()
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -425,46 +438,54 @@ TRAIN_COLUMNS = [
     ("tokens_per_s", "useful tok/s", 0),
     ("vs_naive", "x naive", 2),
     ("vs_trl", "x TRL", 2),
+    ("tokens_per_cpu_s", "useful tok/CPU-s", 0),
+    ("vs_naive_cpu", "x naive (CPU)", 2),
+    ("vs_trl_cpu", "x TRL (CPU)", 2),
     ("padding_pct", "padding %", 1),
     ("supervised_per_s", "loss tok/s", 0),
     ("pass_s", "pass s", 1),
     ("time_to_first_step_s", "to 1st step s", 1),
     ("prep_s", "prep s", 2),
-    ("prep_pct_of_run", "prep % run", 1),
+    ("prep_pct_of_run", "prep % of run", 1),
     ("peak_rss_mb", "peak RSS MiB", 0),
     ("steps", "steps", 0),
-    ("last_loss", "last loss", 3),
 ]
 PREP_COLUMNS = [
     ("mode", "data preparation", 0),
     ("examples", "examples", 0),
-    ("seconds", "seconds", 2),
+    ("seconds", "wall s", 2),
+    ("cpu_seconds", "CPU s", 2),
     ("examples_per_s", "examples/s", 0),
+    ("examples_per_cpu_s", "examples/CPU-s", 0),
 ]
 
 
 def add_ratios(rows: list[dict]) -> None:
-    base = {r["variant"]: r["tokens_per_s"] for r in rows}
+    """Each row's speed relative to the naive and plain-TRL rows, by wall clock and by CPU time."""
+    by = {r["variant"]: r for r in rows}
     for r in rows:
         r["padding_pct"] = 100 * r["padding_fraction"] if r.get("padding_fraction") is not None else None
-        r["vs_naive"] = r["tokens_per_s"] / base["naive"] if base.get("naive") else None
-        r["vs_trl"] = r["tokens_per_s"] / base["trl"] if base.get("trl") else None
+        for ref, key in (("naive", "vs_naive"), ("trl", "vs_trl")):
+            base = by.get(ref)
+            r[key] = round(r["tokens_per_s"] / base["tokens_per_s"], 3) if base else None
+            r[key + "_cpu"] = round(r["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 3) if base else None
 
 
 def prep_rows(prep: dict) -> list[dict]:
     n = prep["examples"]
-    return [
-        {"mode": "uncached: unsloth_sft.data.tokenize, 1 process", "examples": n, "seconds": prep["uncached_s"],
-         "examples_per_s": prep["uncached_examples_per_s"]},
-        {"mode": "  of which chat-template rendering", "examples": n, "seconds": prep["render_only_s"],
-         "examples_per_s": n / prep["render_only_s"]},
-        {"mode": "  of which tokenizer call (fast, batched)", "examples": n, "seconds": prep["tokenizer_only_s"],
-         "examples_per_s": n / prep["tokenizer_only_s"]},
-        {"mode": "uncached: datasets.map, 2 processes", "examples": n, "seconds": prep["two_proc_s"],
-         "examples_per_s": prep["two_proc_examples_per_s"]},
-        {"mode": "cached: hash inputs + load_from_disk (not in the library)", "examples": n, "seconds": prep["cached_s"],
-         "examples_per_s": prep["cached_examples_per_s"]},
+    modes = [
+        ("uncached", "uncached: unsloth_sft.data.tokenize (render + tokenize + label masks)"),
+        ("render_only", "  part (warm): chat-template rendering, prompts.render"),
+        ("tokenizer_only", "  part (warm): tokenizer call, batched, with offsets"),
+        ("labels_loop", "  part (warm): label masks, Python loop over offsets"),
+        ("cached", "cached: hash inputs + datasets.load_from_disk (not in the library)"),
     ]
+    rows = []
+    for key, label in modes:
+        wall, cpu = prep.get(f"{key}_s"), prep.get(f"{key}_cpu_s")
+        rows.append({"mode": label, "examples": n, "seconds": wall, "cpu_seconds": cpu,
+                     "examples_per_s": n / wall if wall else None, "examples_per_cpu_s": n / cpu if cpu else None})
+    return rows
 
 
 def targets(rows: list[dict]) -> dict:
@@ -473,17 +494,18 @@ def targets(rows: list[dict]) -> dict:
     pipe = [r for r in rows if r["variant"].startswith("pipeline")]
     if not pipe:
         return {}
-    best = max(pipe, key=lambda r: r["tokens_per_s"])
+    best = max(pipe, key=lambda r: r["tokens_per_cpu_s"])
     out = {"best_pipeline_variant": best["variant"]}
     for name, r in (("defaults", by.get("pipeline")), ("best", best)):
         if r is None:
             continue
-        if r.get("vs_naive") is not None:
-            out[f"{name}_vs_naive"] = round(r["vs_naive"], 3)
-            out[f"{name}_vs_naive_met"] = r["vs_naive"] >= 2.0
-        if r.get("vs_trl") is not None:
-            out[f"{name}_vs_trl"] = round(r["vs_trl"], 3)
-            out[f"{name}_vs_trl_met"] = r["vs_trl"] >= 1.0
+        for clock in ("", "_cpu"):
+            if r.get("vs_naive" + clock) is not None:
+                out[f"{name}_vs_naive{clock}"] = r["vs_naive" + clock]
+                out[f"{name}_vs_naive{clock}_met"] = r["vs_naive" + clock] >= 2.0
+            if r.get("vs_trl" + clock) is not None:
+                out[f"{name}_vs_trl{clock}"] = r["vs_trl" + clock]
+                out[f"{name}_vs_trl{clock}_met"] = r["vs_trl" + clock] >= 1.0
         out[f"{name}_prep_pct_of_run"] = r["prep_pct_of_run"]
         out[f"{name}_prep_met"] = r["prep_pct_of_run"] < 5.0
     return out
@@ -502,12 +524,13 @@ def render_markdown(results: dict) -> str:
         ]
         t = block.get("targets") or {}
         if t:
+            g = lambda k: fmt(t.get(k), 2)  # noqa: E731
             lines.append(
-                "Targets: pipeline defaults {d_n}x naive (target >= 2), {d_t}x plain TRL (target >= 1); best pipeline "
-                "variant `{b}` {b_n}x naive, {b_t}x TRL; data preparation {p}% of the defaults' run (target < 5).".format(
-                    d_n=t.get("defaults_vs_naive", "-"), d_t=t.get("defaults_vs_trl", "-"), b=t["best_pipeline_variant"],
-                    b_n=t.get("best_vs_naive", "-"), b_t=t.get("best_vs_trl", "-"), p=t.get("defaults_prep_pct_of_run", "-"),
-                )
+                f"Targets (wall clock / CPU time): `pipeline` {g('defaults_vs_naive')} / {g('defaults_vs_naive_cpu')}x "
+                f"naive (target >= 2), {g('defaults_vs_trl')} / {g('defaults_vs_trl_cpu')}x plain TRL (target >= 1); "
+                f"fastest pipeline variant by CPU time `{t['best_pipeline_variant']}`: {g('best_vs_naive')} / "
+                f"{g('best_vs_naive_cpu')}x naive, {g('best_vs_trl')} / {g('best_vs_trl_cpu')}x TRL; data preparation "
+                f"{g('defaults_prep_pct_of_run')} % of the `pipeline` run (target < 5)."
             )
             lines.append("")
     if results.get("prep"):
@@ -542,7 +565,8 @@ def drive(args: argparse.Namespace) -> dict:
         prep = spawn(["--prep", "--examples", str(args.prep_examples), "--threads", str(args.threads)], work / "prep.json", work / "prep.log")
         results["prep"] = prep
         if prep:
-            print(f"  uncached {prep['uncached_examples_per_s']:.0f} ex/s, cached {prep['cached_examples_per_s']:.0f} ex/s", flush=True)
+            print(f"  uncached {prep['uncached_examples_per_s']:.0f} ex/s, cached {prep['cached_examples_per_s']:.0f} ex/s",
+                  flush=True)
     for model in args.models:
         n = examples_for(model, args)
         rows = []

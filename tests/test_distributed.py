@@ -148,16 +148,25 @@ def test_two_cpu_processes_shard_data_and_rank0_writes_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_cli_trains_with_two_processes(tmp_path):
-    """`torchrun -m unsloth_sft train`: exit 0, metrics count 2 processes, the run folder holds one finished run."""
-    params = _params(tmp_path, "train.report_to=[none]")
+@pytest.mark.parametrize("backend", ["transformers", "unsloth"])
+def test_torchrun_cli_trains_with_two_processes(tmp_path, backend):
+    """`torchrun -m unsloth_sft train`: exit 0, metrics count 2 processes, the run folder holds one finished run.
+
+    unsloth 2026.10.9 supports DDP (unsloth/models/_ddp_defaults.py), and its CPU backend trains under gloo too.
+    """
+    if backend == "unsloth":
+        from unsloth_sft.model import unsloth_available
+
+        if not unsloth_available():
+            pytest.skip("unsloth does not import here")
+    params = _params(tmp_path, f"model.backend={backend}")
     proc = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "unsloth_sft", "train", str(params)], tmp_path)
     assert "2 processes x 2 per device x 1 accumulation = effective batch 4" in proc.stdout
     run_dir = tmp_path / "t"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["processes"], metrics["effective_batch_size"], metrics["steps"]) == (2, 4, STEPS)
-    assert set(metrics["exported"]) == {"lora"}
+    assert set(metrics["exported"]) == {"lora"} and metrics["backend"] == backend
     assert not [f for f in _run_dir_files(run_dir) if Path(f).name.startswith(".")]
 
 

@@ -1,4 +1,4 @@
-"""Experiment tracking: train.report_to reaches the trainer, logs land in the run folder, the config reaches the tracker."""
+"""Tracking: train.report_to reaches the trainer, logs land in the run folder, the config reaches the tracker."""
 
 from __future__ import annotations
 
@@ -73,9 +73,13 @@ def test_report_to_is_checked(tmp_path):
     from unsloth_sft.errors import ConfigError
     from unsloth_sft.train import trackers
 
+    from unsloth_sft import pipeline
+
     assert trackers(small_config(tmp_path)) == []
+    cfg = small_config(tmp_path, "train.report_to=[tensorbored]")
     with pytest.raises(ConfigError, match="'tensorbored' is not a tracker"):
-        trackers(small_config(tmp_path, "train.report_to=[tensorbored]"))
+        pipeline.start(cfg)  # before the run folder is made or the model loads
+    assert not cfg.run_dir.exists()
     missing = [n for n in INTEGRATION_TO_CALLBACK if n not in get_available_reporting_integrations()]
     if missing:
         with pytest.raises(ConfigError, match=f"{missing[0]} is not installed; pip install"):

@@ -390,43 +390,76 @@ def text_blocks(tokenizer, texts: list[str], block_size: int) -> dict:
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 
-def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
-    """Load, shape and tokenize the train and test data for a run."""
-    import datasets
+@dataclass
+class Examples:
+    """A source read and shaped, not yet tokenized: every data error shows up here, before a model loads."""
 
+    task: str
+    train: Split
+    test: Split | None
+    train_conversations: list[list[dict]] = field(default_factory=list)
+    test_conversations: list[list[dict]] = field(default_factory=list)
+    skipped: int = 0
+    text_column: str | None = None  # raw text only
+
+
+def load_examples(cfg: RunConfig) -> Examples:
+    """Read the source, split it, detect the task and turn rows into conversations (no tokenizer needed)."""
     d = cfg.data
     train, test = train_test(d, cfg.train.seed)
     first = train.rows[0]
     if not isinstance(first, dict):
         raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
-    task = detect_task(list(first), d, train.where[0].rsplit(" ", 2)[0])
-    if task == "qa" and d.task == "auto" and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", d.source)):
+    origin = train.where[0].rsplit(" ", 2)[0]
+    task = detect_task(list(first), d, origin)
+    if task == "qa" and d.task == "auto" and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", origin)):
         task = "gsm8k"
-    max_len = cfg.model.max_seq_length
     if task == "text":
-        col = _resolve_columns(list(first), d, task, d.source)["text"]
-        blocks = text_blocks(tokenizer, [_text(r, col, w) for r, w in zip(train.rows, train.where)], d.block_size)
-        ds = datasets.Dataset.from_dict(blocks)
-        if test is not None and test.rows:
-            test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, [_text(r, col, "") for r in test.rows], d.block_size))
-        elif d.test_size > 0 and len(ds) > 1:
-            parts = ds.train_test_split(test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed)
-            ds, test_ds = parts["train"], parts["test"]
-        else:
-            test_ds = None
-        return PreparedData(task, "none", ds, test_ds)
-    template = choose_template(task, d, tokenizer)
+        col = _resolve_columns(list(first), d, task, origin)["text"]
+        for row, where in zip(train.rows, train.where):
+            _text(row, col, where)
+        return Examples(task, train, test, text_column=col)
     train_convs, skipped = conversations(train, task, d)
     if not train_convs:
         raise DataError(f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns")
-    tokens, truncated = tokenize(tokenizer, train_convs, template, d, max_len)
-    test_convs, test_ds = [], None
+    test_convs: list[list[dict]] = []
     if test is not None and test.rows:
         test_convs, test_skipped = conversations(test, task, d)
         skipped += test_skipped
-        if test_convs:
-            test_ds = datasets.Dataset.from_dict(tokenize(tokenizer, test_convs, template, d, max_len)[0])
-    return PreparedData(task, template, datasets.Dataset.from_dict(tokens), test_ds, train_convs, test_convs, skipped, truncated)
+    return Examples(task, train, test, train_convs, test_convs, skipped)
+
+
+def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> PreparedData:
+    """Tokenize a run's train and test data (loading it first unless `examples` are given)."""
+    import datasets
+
+    d = cfg.data
+    ex = examples or load_examples(cfg)
+    max_len = cfg.model.max_seq_length
+    if ex.task == "text":
+        col = ex.text_column
+        blocks = text_blocks(tokenizer, [_text(r, col, w) for r, w in zip(ex.train.rows, ex.train.where)], d.block_size)
+        ds = datasets.Dataset.from_dict(blocks)
+        test_ds = None
+        if ex.test is not None and ex.test.rows:
+            texts = [_text(r, col, w) for r, w in zip(ex.test.rows, ex.test.where)]
+            test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, texts, d.block_size))
+        elif d.test_size > 0 and len(ds) > 1:
+            parts = ds.train_test_split(test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed)
+            ds, test_ds = parts["train"], parts["test"]
+        return PreparedData(ex.task, "none", ds, test_ds)
+    template = choose_template(ex.task, d, tokenizer)
+    tokens, truncated = tokenize(tokenizer, ex.train_conversations, template, d, max_len)
+    if not any(any(x != -100 for x in labels) for labels in tokens["labels"]):
+        raise DataError(
+            f"model.max_seq_length {max_len} is shorter than every example's prompt, so no answer token is left to "
+            "train on; raise model.max_seq_length (`unsloth-sft preview` shows the token counts)"
+        )
+    test_ds = None
+    if ex.test_conversations:
+        test_ds = datasets.Dataset.from_dict(tokenize(tokenizer, ex.test_conversations, template, d, max_len)[0])
+    return PreparedData(ex.task, template, datasets.Dataset.from_dict(tokens), test_ds, ex.train_conversations,
+                        ex.test_conversations, ex.skipped, truncated)
 
 
 def prompt_and_reference(tokenizer, conversation: list[dict], template: str) -> tuple[str, str]:

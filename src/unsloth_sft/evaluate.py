@@ -128,7 +128,7 @@ def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot:
 def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart."""
     from unsloth_sft import metrics as M
-    from unsloth_sft.data import prepare
+    from unsloth_sft.data import load_examples, prepare
     from unsloth_sft.export import ADAPTER_DIR, MERGED_DIR
     from unsloth_sft.model import load_for_inference
     from unsloth_sft.report import write_eval
@@ -138,11 +138,16 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     has_adapter = (adapter / "adapter_config.json").is_file()
     if not has_adapter and not (merged / "config.json").is_file():
         raise ModelError(f"{run_dir}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+    examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
+    if examples.task != "text" and not examples.test_conversations or examples.task == "text" and not (
+        examples.test and examples.test.rows or cfg.data.test_size > 0
+    ):
+        raise DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
     if has_adapter:
         model, tokenizer = load_for_inference(cfg.model.name, str(adapter))
     else:
         model, tokenizer = load_for_inference(str(merged))
-    data = prepare(cfg, tokenizer)
+    data = prepare(cfg, tokenizer, examples)
     if data.test is None or len(data.test) == 0:
         raise DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
     base_model = None if has_adapter else load_for_inference(cfg.model.name)[0]

@@ -104,6 +104,9 @@ def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
     backend = choose_backend(cfg.model.backend)
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # LoRA matrices are drawn here, before the Trainer seeds: same seed, same init
     path = resolve_model_path(cfg.model.name)
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
     model, tokenizer = loader(cfg, path, with_adapters)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig, load_config
+from unsloth_sft.config import RunConfig, _check_secret, load_config
 from unsloth_sft.errors import ConfigError
 
 SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
@@ -20,6 +20,8 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
     is a parameter the notebook does not know, which papermill itself only warns about.
     """
     unknown = sorted(k for k in namespace if k not in defined and not k.startswith("_"))
+    for name in unknown:  # `-p hf_token ...` gets the reason, not just "unknown"
+        _check_secret(name, f"notebook parameter '{name}'")
     if unknown:
         raise ConfigError(f"unknown notebook parameter(s): {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
     params = {k: namespace[k] for k in SECTIONS if namespace.get(k) not in (None, {})}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig, save_config
-from unsloth_sft.data import PreparedData, prepare
+from unsloth_sft.data import PreparedData, load_examples, prepare
 from unsloth_sft.export import (
     ADAPTER_DIR,
     MERGED_DIR,
@@ -21,7 +21,7 @@ from unsloth_sft.export import (
     write_card,
 )
 from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
-from unsloth_sft.runs import prepare_run_dir, write_json
+from unsloth_sft.runs import check_run_dir, prepare_run_dir, write_json
 from unsloth_sft.train import (
     build_trainer,
     check_launch,
@@ -34,6 +34,7 @@ from unsloth_sft.train import (
     plot_loss,
     save_sharded,
     train,
+    trackers,
     world_size,
 )
 
@@ -55,8 +56,19 @@ def start(cfg: RunConfig) -> Run:
     With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
+    trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
     init_distributed()
     run_dir = cfg.run_dir
+    # Everything that can be wrong with the input fails here, before a byte is written: the run folder
+    # (finished? writable?), the data (read and shaped without a tokenizer, so before a slow model load),
+    # then the model and the tokenized data.
+    if is_main_process():
+        check_run_dir(run_dir, cfg.overwrite)
+    examples = load_examples(cfg)
+    with main_first():  # the tiny model is built once, by rank 0; the others then read it
+        resolve_model_path(cfg.model.name)
+    loaded = load_model(cfg)
+    data = prepare(cfg, loaded.tokenizer, examples)
     resume_from = None
     if is_main_process():
         resume_from = prepare_run_dir(run_dir, cfg.overwrite, cfg.train.resume)
@@ -64,11 +76,7 @@ def start(cfg: RunConfig) -> Run:
         (run_dir / ".config.yaml.tmp").replace(run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment())
     resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
-    run = Run(cfg, run_dir, resume_from)
-    with main_first():  # the tiny model is built once, by rank 0; the others then read it
-        resolve_model_path(cfg.model.name)
-    run.loaded = load_model(cfg)
-    run.data = prepare(cfg, run.loaded.tokenizer)
+    run = Run(cfg, run_dir, resume_from, loaded, data)
     if is_main_process():
         lm = run.loaded
         print(f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
@@ -84,8 +92,9 @@ def fit(run: Run) -> dict:
     run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train)
     if is_main_process():
         t, n = run.cfg.train, world_size()
-        print(f"{n} process{'es' if n > 1 else ''} x {t.per_device_train_batch_size} per device x "
-              f"{t.gradient_accumulation_steps} accumulation = effective batch {t.per_device_train_batch_size * t.gradient_accumulation_steps * n}")
+        batch, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps
+        print(f"{n} process{'es' if n > 1 else ''} x {batch} per device x {accum} accumulation "
+              f"= effective batch {batch * accum * n}")
     run.metrics = train(run.cfg, run.trainer, run.resume_from)
     lm, d = run.loaded, run.data
     run.metrics.update(
@@ -109,7 +118,8 @@ def finish(run: Run) -> dict:
     Rank 0 writes everything; the other ranks only join the weight gather of FSDP / ZeRO-3, then return.
     """
     cfg, lm = run.cfg, run.loaded
-    sharded = save_sharded(run.trainer, run.run_dir / (MERGED_DIR if cfg.finetune == "full" else ADAPTER_DIR), lm.tokenizer)
+    target = run.run_dir / (MERGED_DIR if cfg.finetune == "full" else ADAPTER_DIR)
+    sharded = save_sharded(run.trainer, target, lm.tokenizer)  # FSDP / ZeRO-3 only; a collective, so before the return
     if not is_main_process():
         return run.metrics
     history = loss_history(run.trainer)

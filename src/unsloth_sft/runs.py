@@ -40,14 +40,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: str) -> Path | None:
-    """Make the run folder; refuse a finished run unless overwrite; return the checkpoint to resume from."""
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a finished run (unless overwrite) or a place that cannot hold a folder; creates nothing."""
     run_dir = Path(run_dir)
     if is_finished(run_dir) and not overwrite:
         raise RunError(
             f"{run_dir} holds a finished run; set overwrite: true (or --set overwrite=true) to replace it, "
             "or choose another run_name"
         )
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "a file is in the way" if existing.exists() and not existing.is_dir() else "not writable"
+        raise RunError(f"{run_dir}: cannot write here ({why}: {existing}); choose a writable output_dir")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: str) -> Path | None:
+    """Make the run folder; refuse a finished run unless overwrite; return the checkpoint to resume from."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, overwrite)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

@@ -1,0 +1,292 @@
+"""The CPU-runnable parts of bench/: argument handling, model shapes, bisection, tables, requirement checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import cpu  # noqa: E402
+import gpu  # noqa: E402
+
+# ---------------------------------------------------------------- arguments
+
+
+def test_cpu_args_defaults_and_quick():
+    args = cpu.parse_args([])
+    assert args.models == ["tiny", "small"]
+    assert args.variants == cpu.DEFAULT_VARIANTS
+    assert args.threads == 1 and args.prep_examples == cpu.PREP_EXAMPLES
+    assert cpu.examples_for("small", args) == cpu.EXAMPLES["small"]
+    quick = cpu.parse_args(["--quick"])
+    assert quick.models == ["tiny"] and quick.variants == cpu.QUICK_VARIANTS
+    assert cpu.examples_for("tiny", quick) == cpu.QUICK_EXAMPLES["tiny"]
+    assert cpu.examples_for("tiny", cpu.parse_args(["--examples", "24"])) == 24
+
+
+@pytest.mark.parametrize("argv", [["--variants", "pipeline,fast"], ["--models", "huge"], ["--examples", "4"], ["--threads", "0"]])
+def test_cpu_args_refuse_bad_values(argv, capsys):
+    with pytest.raises(SystemExit) as err:
+        cpu.parse_args(argv)
+    assert err.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_gpu_args():
+    args = gpu.parse_args([])
+    assert args.models == ["2b", "9b"] and args.backends == ["unsloth", "transformers"]
+    assert (args.seq_len, args.batch, args.grad_accum, args.lora_r, args.optim) == (2048, 2, 4, 16, "adamw_8bit")
+    assert not args.bisect
+    args = gpu.parse_args(["--models", "9B", "--backends", "transformers", "--bisect", "--peak-tflops", "500"])
+    assert args.models == ["9b"] and args.backends == ["transformers"] and args.bisect and args.peak_tflops == 500
+
+
+@pytest.mark.parametrize("argv", [["--models", "7b"], ["--backends", "vllm"], ["--seq-len", "0"],
+                                  ["--bisect-lo", "4096", "--bisect-hi", "1024"], ["--peak-tflops", "-1"]])
+def test_gpu_args_refuse_bad_values(argv):
+    with pytest.raises(SystemExit) as err:
+        gpu.parse_args(argv)
+    assert err.value.code == 2
+
+
+def test_gpu_flags_round_trip_to_workers():
+    args = gpu.parse_args(["--seq-len", "1024", "--bisect", "--bisect-hi", "8192", "--optim", "adamw_torch"])
+    again = gpu.parse_args(["--worker", "--models", "2b", "--backends", "unsloth", *gpu.common_flags(args)])
+    for name in ("seq_len", "batch", "grad_accum", "lora_r", "optim", "steps", "warmup_steps", "bisect", "bisect_hi"):
+        assert getattr(again, name) == getattr(args, name)
+
+
+# ---------------------------------------------------------------- model shapes
+
+
+def test_gemma2_shapes_have_the_released_parameter_counts():
+    assert common.count_parameters(common.gemma2_config(common.GEMMA2_2B)) == 2_614_341_888
+    assert common.count_parameters(common.gemma2_config(common.GEMMA2_9B)) == 9_241_705_984
+
+
+def test_small_model_is_10_to_20m_parameters():
+    params = common.count_parameters(common.gemma2_config(common.SMALL_SHAPE, vocab_size=3000))
+    assert 10e6 <= params <= 20e6
+
+
+def test_gpu_plan_lists_each_model():
+    rows = gpu.plan(gpu.parse_args(["--models", "2b"]))
+    assert rows == [{"model": "gemma2-2b", "params": 2_614_341_888, "layers": 26, "hidden": 2304,
+                     "backends": "unsloth, transformers", "seq_len": 2048, "tokens_per_step": 16384}]
+
+
+def test_build_random_model_saves_a_loadable_folder(tmp_path, tiny_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    shape = dict(common.SMALL_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    path = common.build_random_model(tmp_path / "m", shape, tiny_path, dtype="bfloat16")
+    config = AutoConfig.from_pretrained(path)
+    assert config.hidden_size == 32 and config.vocab_size == len(AutoTokenizer.from_pretrained(path))
+    assert (path / "model.safetensors").is_file()
+    assert common.build_random_model(path, shape, tiny_path) == path  # built once
+
+
+# ---------------------------------------------------------------- bisection
+
+
+def test_bisection_finds_the_largest_passing_length():
+    for limit in range(1024, 9000, 333):
+        calls = []
+
+        def try_fn(n, limit=limit):
+            calls.append(n)
+            return n <= limit
+
+        got = common.longest_trainable(try_fn, 1024, 8192, 256)
+        assert got == 1024 + (limit - 1024) // 256 * 256 if limit < 8192 else got == 8192
+        assert len(calls) <= 2 + 5  # the two ends, then log2(28 steps) rounded up
+        assert len(set(calls)) == len(calls)  # no length tried twice
+
+
+def test_bisection_edges():
+    assert common.longest_trainable(lambda n: False, 512, 4096) is None
+    assert common.longest_trainable(lambda n: True, 512, 4096) == 4096
+    assert common.longest_trainable(lambda n: n <= 700, 512, 512) == 512
+    assert common.longest_trainable(lambda n: n <= 4000, 512, 4096, 1) == 4000
+    assert common.longest_trainable(lambda n: n <= 1000, 512, 1100, 256) == 768  # hi not on the step grid
+    with pytest.raises(ValueError):
+        common.longest_trainable(lambda n: True, 10, 5)
+
+
+def test_is_oom():
+    import torch
+
+    assert gpu.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert gpu.is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
+    assert not gpu.is_oom(RuntimeError("shape mismatch"))
+    assert not gpu.is_oom(ValueError("out of memory"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on 2 shared cores, 2 OpenMP threads make the tiny model's matmuls ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bisection_on_a_tiny_model_on_cpu(tmp_path, tiny_path, one_thread):
+    """Real training steps on the tiny model; sequences longer than 70 tokens 'run out of memory'."""
+    import torch
+
+    from unsloth_sft.model import load_model
+
+    args = gpu.parse_args(["--batch", "2", "--grad-accum", "1", "--lora-r", "4", "--optim", "adamw_torch",
+                           "--steps", "1", "--warmup-steps", "0"])
+    cfg = gpu.bench_config(tiny_path, "transformers", 256, args, tmp_path, load_in_4bit=False)
+    loaded = load_model(cfg)
+    timer = gpu.train_steps(loaded, cfg, 32, steps=2)
+    assert len(timer.times) == 2 and all(t > 0 for t in timer.times)
+
+    limit = {"n": 70, "error": torch.OutOfMemoryError}
+
+    def fake_oom(module, inputs):
+        if inputs[0].shape[-1] > limit["n"]:
+            raise limit["error"]("CUDA out of memory (simulated)")
+
+    hook = loaded.model.get_input_embeddings().register_forward_pre_hook(fake_oom)
+    try:
+        assert common.longest_trainable(lambda n: gpu.fits(loaded, cfg, n), 16, 128, 16) == 64
+        assert all(p.grad is None for p in loaded.model.parameters())  # a failed try leaves no gradients behind
+        limit["error"] = ValueError  # anything but out-of-memory is a real error, not a "no"
+        with pytest.raises(ValueError):
+            gpu.fits(loaded, cfg, 200)
+    finally:
+        hook.remove()
+
+
+# ---------------------------------------------------------------- requirement check
+
+
+def test_requirements_message_names_missing_packages(monkeypatch):
+    real = importlib.util.find_spec
+    gone = {"bitsandbytes", "unsloth", "trl"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    message = gpu.check_requirements(["unsloth", "transformers"])
+    assert message.startswith("missing packages: trl, bitsandbytes, unsloth.")
+    assert "bitsandbytes==0.50.2 (41.1 MB wheel" in message and "pip install --no-deps" in message
+    assert "unsloth==2026.10.9" in message
+    message = gpu.check_requirements(["transformers"])  # the transformers backend does not need unsloth
+    assert "unsloth" not in message and "trl" in message
+
+
+def test_requirements_pass_when_everything_is_installed(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert gpu.check_requirements(["unsloth", "transformers"]) is None
+
+
+def test_gpu_main_refuses_with_missing_packages(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    assert gpu.main(["--backends", "transformers"]) == 2
+    assert "missing packages: datasets" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- numbers and tables
+
+
+def test_mfu_peak_flops_and_names():
+    assert gpu.mfu(9_000_000_000, 1000.0, 989e12) == pytest.approx(6 * 9e9 * 1000 / 989e12)
+    assert gpu.mfu(1, 1.0, None) is None
+    assert gpu.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu.peak_flops("NVIDIA H200") == 989e12
+    assert gpu.peak_flops("Some Future GPU") is None
+    assert gpu.peak_flops("Some Future GPU", 123.0) == 123e12
+    assert gpu.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+
+
+def test_markdown_table():
+    table = common.markdown_table(
+        [{"name": "a", "x": 1234.567, "n": 1200, "ok": True}, {"name": "b", "x": None, "n": 3, "ok": False}],
+        [("name", "name", 0), ("x", "x", 1), ("n", "count", 0), ("ok", "ok", 0)],
+    )
+    assert table.splitlines() == [
+        "| name | x | count | ok |",
+        "|---|---:|---:|---:|",
+        "| a | 1,234.6 | 1,200 | yes |",
+        "| b | - | 3 | no |",
+    ]
+
+
+def _row(variant, tok_s, cpu_tok_s, pad=0.1):
+    return {"variant": variant, "tokens_per_s": tok_s, "tokens_per_cpu_s": cpu_tok_s, "padding_fraction": pad,
+            "supervised_per_s": tok_s / 3, "pass_s": 10.0, "time_to_first_step_s": 12.0, "prep_s": 0.3,
+            "prep_pct_of_run": 1.0, "peak_rss_mb": 700.0, "steps": 20, "total_params": 299072,
+            "trainable_params": 32768, "real_tokens": 56034}
+
+
+def test_cpu_ratios_targets_and_markdown():
+    rows = [_row("pipeline", 3000, 5000), _row("pipeline-grouped", 3600, 5400, 0.01), _row("naive", 1200, 2000, 0.66),
+            _row("trl", 3100, 4900)]
+    cpu.add_ratios(rows)
+    assert rows[0]["vs_naive"] == 2.5 and rows[0]["vs_naive_cpu"] == 2.5 and rows[0]["vs_trl"] == pytest.approx(0.968, abs=1e-3)
+    t = cpu.targets(rows)
+    assert t["best_pipeline_variant"] == "pipeline-grouped"
+    assert t["defaults_vs_naive_met"] and not t["defaults_vs_trl_met"] and t["defaults_vs_trl_cpu_met"]
+    assert t["best_vs_trl_met"] and t["defaults_prep_met"]
+    results = {"device": "CPU, 2 cores", "command": "python bench/cpu.py", "wall_s": 600.0,
+               "models": {"tiny": {"examples": 160, "total_params": 299072, "trainable_params": 32768,
+                                   "real_tokens": 56034, "rows": rows, "targets": t}},
+               "prep": {"examples": 100, "uncached_s": 0.2, "uncached_cpu_s": 0.1, "render_only_s": 0.05,
+                        "render_only_cpu_s": 0.04, "tokenizer_only_s": 0.1, "tokenizer_only_cpu_s": 0.05,
+                        "labels_loop_s": 0.02, "labels_loop_cpu_s": 0.01, "cached_s": 0.001, "cached_cpu_s": 0.001}}
+    md = cpu.render_markdown(results)
+    assert "| pipeline-grouped | 3,600 | 3.00 | 1.16 | 5,400 | 2.70 | 1.10 | 1.0 |" in md
+    assert "`pipeline` 2.50 / 2.50x naive (target >= 2)" in md
+    assert "| cached: hash inputs + datasets.load_from_disk (not in the library) | 100 | 0.00 | 0.00 | 100,000 |" in md
+
+
+def test_gpu_compare_and_markdown():
+    rows = [
+        {"model": "gemma2-9b", "backend": "unsloth", "tokens_per_s": 3000.0, "peak_reserved_gb": 10.0, "mfu": 0.17},
+        {"model": "gemma2-9b", "backend": "transformers", "tokens_per_s": 1500.0, "peak_reserved_gb": 25.0, "mfu": 0.08},
+    ]
+    verdict = gpu.compare(rows)
+    assert verdict == {"speedup_9b": 2.0, "speedup_met": True, "vram_ratio_9b": 0.4, "vram_met": True, "mfu_9b_unsloth": 0.17}
+    md = gpu.render_markdown({"gpu": "NVIDIA H100", "command": "python bench/gpu.py", "rows": rows, "targets": verdict,
+                              "settings": {"seq_len": 2048, "batch": 2, "grad_accum": 4, "lora_r": 16, "optim": "adamw_8bit"}})
+    assert "| gemma2-9b | unsloth | 3,000 | 2.00 | 10.00 | 0.40 | 17.0 | - |" in md
+    assert "2.0x the transformers backend's tokens/s (target >= 1.9: met)" in md
+
+
+# ---------------------------------------------------------------- data and counting
+
+
+def test_bench_conversations_mix_both_samples():
+    convs = common.bench_conversations(300)
+    assert len(convs) == 300
+    assert convs == common.bench_conversations(300)  # seeded
+    firsts = {c[0]["role"] for c in convs}
+    assert firsts == {"user", "system"}  # summarization (user first) and chat (system prompts) both present
+
+
+def test_token_counter_counts_real_padded_and_supervised_tokens():
+    import torch
+
+    def collate(examples):
+        return {"input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]), "labels": torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]])}
+
+    counter = common.TokenCounter(collate, pad_token_id=0)
+    counter([{}, {}])
+    assert (counter.slots, counter.real, counter.supervised, counter.batches) == (8, 5, 3, 1)
+
+
+def test_cpu_main_validates_before_running(capsys):
+    with pytest.raises(SystemExit):
+        cpu.main(["--variants", "nope"])
+    assert "unknown variant 'nope'" in capsys.readouterr().err
