@@ -1,7 +1,7 @@
 """CPU benchmark: this pipeline (defaults, grouped, padding-free, packed) vs a naive pad-to-max pipeline vs plain TRL.
 
     python bench/cpu.py              # everything, ~10 min on 2 cores; writes bench/results/cpu.json and cpu.md
-    python bench/cpu.py --quick      # tiny model only, fewer examples, ~2 min (results/cpu-quick.*)
+    python bench/cpu.py --quick      # tiny model only, fewer examples, ~2 min (results in a temporary folder)
 
 Every variant trains in its own process, one after another, so peak RSS and time to the first optimizer step
 are that variant's own. The driver runs the workers (`--worker`) and the data-preparation benchmark (`--prep`).
@@ -52,8 +52,9 @@ DEFAULT_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-padding-free", "pi
 QUICK_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-unsloth", "naive", "trl"]
 MODELS = ("tiny", "small")
 # Examples per variant: one pass (1 epoch) over the same examples for every variant of a model.
-EXAMPLES = {"tiny": 160, "small": 32}  # ~56k / ~11k tokens: ~10-30 s of training per variant on one core
+EXAMPLES = {"tiny": 160, "small": 24}  # ~56k / ~8k tokens: ~10-25 s of training per variant on one core
 QUICK_EXAMPLES = {"tiny": 64, "small": 16}
+PARTS_EXAMPLES = 5_000  # the parts of data preparation are timed on this many (warm), the whole on all
 MAX_LENGTH = 1024  # params/demo-cpu.yaml's max_seq_length, and TRL's default max_length
 BATCH, ACCUM = 2, 4  # the library's defaults (per_device_train_batch_size, gradient_accumulation_steps)
 PREP_EXAMPLES = 20_000
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma list of {', '.join(VARIANTS)} (default: all but the last; --quick: {', '.join(QUICK_VARIANTS)})")
     p.add_argument("--examples", type=int, default=None, help="examples per variant (default: per model size)")
     p.add_argument("--prep-examples", type=int, default=None, help=f"examples for the data-prep benchmark ({PREP_EXAMPLES})")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default bench/results; --quick: the run's temporary folder)")
     p.add_argument("--no-prep", action="store_true", help="skip the data-preparation benchmark")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1: with other jobs on the cores, 2 OpenMP threads "
@@ -92,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.examples is not None and args.examples < 8:
         p.error("--examples must be >= 8 (one optimizer step is 8 examples)")
     args.prep_examples = args.prep_examples or (4_000 if args.quick else PREP_EXAMPLES)
-    args.out = args.out or RESULTS
+    args.out = args.out or (None if args.quick else RESULTS)  # a quick run does not replace the committed results
     return args
 
 
@@ -182,14 +184,12 @@ def naive_rows(tokenizer, convs, cfg) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
-def plain_trl_trainer(path: Path, tokenizer, texts: list[str], out_dir: Path, callbacks: list):
+def plain_trl_trainer(model, tokenizer, texts: list[str], out_dir: Path, callbacks: list):
     """SFTTrainer with its defaults (max_length 1024, full-sequence loss, no packing); only CPU, batch and epochs set."""
     import datasets
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(path)
     args = SFTConfig(
         output_dir=str(out_dir),
         use_cpu=True,
@@ -280,13 +280,13 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
     cfg = bench_config(variant, path, out_dir)
     convs = bench_conversations(n)
     if variant == "trl":
-        t_load = time.time()
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-        t_prep = time.time()
+        base = AutoModelForCausalLM.from_pretrained(path)
+        t_load = t_prep = time.time()
         texts = [render(tokenizer, c, "chat").text for c in convs]  # the same rendered chat text as the pipeline
-        trainer = plain_trl_trainer(path, tokenizer, texts, out_dir, [clock.callback()])  # loads + tokenizes
+        trainer = plain_trl_trainer(base, tokenizer, texts, out_dir, [clock.callback()])  # LoRA-wraps + tokenizes
         t_prep_end = time.time()
         loaded = None
     else:
@@ -332,7 +332,7 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
         "threads": torch.get_num_threads(),
         "time_to_first_step_s": round(clock.first_step - T0, 2),
         "imports_s": round(t_imports - T0, 2),
-        "load_s": round(t_load - t_imports, 2) if variant != "trl" else None,
+        "load_s": round(t_load - t_imports, 2),
         "prep_s": round(t_prep_end - t_prep, 2),
         "run_s": round(t_done - T0, 2),
         "prep_pct_of_run": round(100 * (t_prep_end - t_prep) / (t_done - T0), 2),
@@ -385,16 +385,17 @@ def run_prep(n: int, threads: int = 1) -> dict:
     out["uncached_examples_per_s"] = round(n / out["uncached_s"], 1)
     out["tokens"] = sum(map(len, rows["input_ids"]))
     gc.collect()
-    rendered = timed("render_only", lambda: [render(tokenizer, c, "chat") for c in convs])  # jinja, i+2 renders each
+    part = convs[:PARTS_EXAMPLES]
+    out["parts_examples"] = len(part)
+    rendered = timed("render_only", lambda: [render(tokenizer, c, "chat") for c in part])  # jinja, i+2 renders each
     texts = [r.text for r in rendered]
     enc = timed("tokenizer_only", lambda: tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True))
 
-    def label_masks():  # the loop of data.tokenize, replicated
+    def label_masks(rendered, enc):  # the loop of data.tokenize, replicated
         return [[t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
                 for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
 
-    timed("labels_loop", label_masks)
-    del rendered, texts, enc
+    timed("labels_loop", lambda: label_masks(rendered, enc))
 
     # A content-addressed cache: key = hash(tokenizer + template + data config + conversations), value = Arrow files.
     cache = Path(tempfile.mkdtemp(prefix="unsloth-sft-prep-cache-"))
@@ -472,7 +473,6 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def prep_rows(prep: dict) -> list[dict]:
-    n = prep["examples"]
     modes = [
         ("uncached", "uncached: unsloth_sft.data.tokenize (render + tokenize + label masks)"),
         ("render_only", "  part (warm): chat-template rendering, prompts.render"),
@@ -483,6 +483,7 @@ def prep_rows(prep: dict) -> list[dict]:
     rows = []
     for key, label in modes:
         wall, cpu = prep.get(f"{key}_s"), prep.get(f"{key}_cpu_s")
+        n = prep.get("parts_examples", prep["examples"]) if "part" in label else prep["examples"]
         rows.append({"mode": label, "examples": n, "seconds": wall, "cpu_seconds": cpu,
                      "examples_per_s": n / wall if wall else None, "examples_per_cpu_s": n / cpu if cpu else None})
     return rows
@@ -513,6 +514,16 @@ def targets(rows: list[dict]) -> dict:
 
 def render_markdown(results: dict) -> str:
     lines = [f"# CPU benchmark ({results['device']})", "", f"Command: `{results['command']}`", ""]
+    st = results.get("settings")
+    if st:
+        lines += [
+            f"Same examples for every variant of a model, one epoch, batch {st['per_device_train_batch_size']} x "
+            f"accumulation {st['gradient_accumulation_steps']}, max_length {st['max_length']}, LoRA {st['lora']}, "
+            f"{st['dtype']}, {st['optim']}, gradient checkpointing on, {st['torch_threads']} torch thread(s) per worker "
+            "process. Useful tokens = non-padding tokens; `tok/CPU-s` divides by the worker's CPU seconds instead of "
+            "wall seconds (robust to other jobs sharing the cores). Loss tokens = tokens whose label is not -100.",
+            "",
+        ]
     for model, block in results["models"].items():
         rows = block["rows"]
         lines += [
@@ -552,6 +563,7 @@ def drive(args: argparse.Namespace) -> dict:
         "device": f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "settings": {
             "max_length": MAX_LENGTH, "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
+            "torch_threads": args.threads,
             "lora": "r 16, alpha 16, all 7 linear layers", "dtype": "float32", "optim": "adamw_torch",
             "backend": "transformers (16-bit LoRA; load_in_4bit false)", "epochs": 1,
             "data": "sample:hindi-dialogsum + sample:chat (all splits), shuffled and replicated; Gemma chat template",
@@ -591,6 +603,7 @@ def drive(args: argparse.Namespace) -> dict:
             "targets": targets(rows),
         }
     results["wall_s"] = round(time.time() - start, 1)
+    args.out = args.out or work
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"cpu{suffix}.json", results)
     md = render_markdown(results)

@@ -654,11 +654,12 @@ def test_json_scalar(tmp_path, bad):
 
 
 def test_truncation_is_counted(tmp_path, tokenizer):
-    p = prep(tmp_path, tokenizer, "sample:hindi-dialogsum", "model.max_seq_length=64")
+    """320 tokens cuts the longer Hindi examples but leaves the shorter ones' summaries to learn from."""
+    p = prep(tmp_path, tokenizer, "sample:hindi-dialogsum", "model.max_seq_length=320")
     assert p.truncated > 0
-    assert all(len(r) <= 64 for r in p.train["input_ids"])
+    assert all(len(r) <= 320 for r in p.train["input_ids"])
     full = prep(tmp_path, tokenizer, "sample:hindi-dialogsum")
-    assert p.truncated == sum(len(r) > 64 for r in full.train["input_ids"])
+    assert p.truncated == sum(len(r) > 320 for r in full.train["input_ids"])
 
 
 def test_preview_marks_trained_span(tmp_path, tokenizer):
@@ -674,9 +675,9 @@ def test_preview_marks_trained_span(tmp_path, tokenizer):
 
 
 def test_preview_reports_truncation(tmp_path, tokenizer):
-    cfg = cfg_for(tmp_path, "sample:hindi-dialogsum", "model.max_seq_length=64")
+    cfg = cfg_for(tmp_path, "sample:hindi-dialogsum", "model.max_seq_length=320")
     out = preview(cfg, n=2, tokenizer=tokenizer)
-    m = re.search(r"(\d+) of (\d+) examples cut at max_seq_length 64", out)
+    m = re.search(r"(\d+) of (\d+) examples cut at max_seq_length 320", out)
     assert m, out[:500]
     p = data.prepare(cfg, tokenizer)
     assert int(m.group(1)) == p.truncated > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def _dispatch(args) -> int:
         from unsloth_sft.pipeline import run_training
 
         metrics = run_training(load_config(args.params, args.overrides))
-        print(json.dumps({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss")}))
+        if os.environ.get("RANK", "0") == "0":  # one summary line per job, not one per process
+            print(json.dumps({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss")}))
         return 0
     if args.command == "notebook":
         from unsloth_sft.notebooks import run_notebook
