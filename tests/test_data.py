@@ -688,3 +688,20 @@ def test_preview_of_chat_shows_each_turn_marked(tmp_path, tokenizer):
     out = preview(cfg_for(tmp_path, "sample:chat"), n=3, tokenizer=tokenizer)
     assert out.count("[[") == out.count("]]") >= 3
     assert re.search(r"<start_of_turn>model\n\[\[[^\]]+<end_of_turn>\]\]", out)
+
+
+def test_tokenized_rows_are_cached_and_keyed_on_what_decides_them(tmp_path, tokenizer, monkeypatch):
+    """A second prepare reads the cache (same rows); another max_seq_length or template makes a new entry."""
+    monkeypatch.setenv("UNSLOTH_SFT_CACHE", str(tmp_path / "cache"))
+    cfg = small_config(tmp_path, "data.source=sample:chat")
+    first = data.prepare(cfg, tokenizer)
+    entries = sorted((tmp_path / "cache" / "tokenized").iterdir())
+    assert len(entries) == 2  # train and test
+    again = data.prepare(cfg, tokenizer)
+    assert again.train["input_ids"] == first.train["input_ids"] and again.train["labels"] == first.train["labels"]
+    assert sorted((tmp_path / "cache" / "tokenized").iterdir()) == entries
+    data.prepare(small_config(tmp_path, "data.source=sample:chat", "model.max_seq_length=700"), tokenizer)
+    data.prepare(small_config(tmp_path, "data.source=sample:chat", "data.last_turn_only=true"), tokenizer)
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 6
+    uncached = data.prepare(small_config(tmp_path, "data.source=sample:chat", "data.cache_tokenized=false"), tokenizer)
+    assert uncached.train["labels"] == first.train["labels"]

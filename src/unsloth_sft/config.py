@@ -62,6 +62,7 @@ class DataConfig:
     last_turn_only: bool = False  # chat: train on the last assistant turn only instead of all of them
     block_size: int = 128  # raw text: tokens per training block
     skip_empty: bool = True  # rows with an empty answer are skipped and counted (False: error)
+    cache_tokenized: bool = True  # reuse tokenized rows from ~/.cache/unsloth_sft/tokenized when nothing changed
 
 
 @dataclass
@@ -81,9 +82,9 @@ class TrainConfig:
     save_steps: int | None = None  # checkpoint every N steps; None: no intermediate checkpoints
     save_total_limit: int = 2  # keep the newest N checkpoints
     resume: Literal["auto", "never"] | str = "auto"  # auto: newest complete checkpoint in the run folder
-    packing: bool = False  # pack short examples into max_seq_length rows (masks stay per example)
+    packing: bool = False  # pack rows into max_seq_length; pays off with flash-attention (GPU), slower on CPU
     padding_free: bool = False  # no pad tokens at all; needs flash-attention-style kernels on GPU
-    group_by_length: bool = False  # batch similar lengths together: less padding
+    group_by_length: bool = True  # batch similar lengths together: padding 14.5% -> 1.4%, +45% tok/s (bench/)
     bf16: bool | None = None  # None: on when the GPU supports it; always off on CPU
     report_to: list[str] = field(default_factory=lambda: ["none"])  # tensorboard, wandb, mlflow ...
     dataset_num_proc: int | None = None  # processes for tokenization; None = in-process

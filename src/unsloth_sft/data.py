@@ -378,6 +378,40 @@ def tokenize(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig,
     return {"input_ids": input_ids, "labels": labels}, truncated
 
 
+def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int):
+    """tokenize(), as a datasets.Dataset, reused from the cache when tokenizer, template, settings and data match.
+
+    Keyed on what decides the tokens: the tokenizer's vocabulary and merges, the chat template, the
+    masking settings, max_len and the conversations themselves (20k examples: ~21 s -> ~0.4 s, bench/).
+    """
+    import hashlib
+
+    import datasets
+
+    from unsloth_sft.runs import atomic_dir
+    from unsloth_sft.tiny import cache_root
+
+    if not cfg.cache_tokenized:
+        tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len)
+        return datasets.Dataset.from_dict(tokens), truncated
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    settings = [template, max_len, cfg.train_on_completions_only, cfg.last_turn_only, tokenizer.chat_template]
+    h.update(json.dumps([settings, convs], ensure_ascii=False, sort_keys=True).encode())
+    folder = cache_root() / "tokenized" / h.hexdigest()[:24]
+    if (folder / "meta.json").is_file():
+        return datasets.load_from_disk(str(folder / "rows")), json.loads((folder / "meta.json").read_text())["truncated"]
+    tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len)
+    ds = datasets.Dataset.from_dict(tokens)
+    try:
+        with atomic_dir(folder) as tmp:
+            ds.save_to_disk(str(tmp / "rows"))
+            (tmp / "meta.json").write_text(json.dumps({"truncated": truncated, "examples": len(ds)}))
+    except OSError:  # a read-only cache only costs the speed-up
+        pass
+    return ds, truncated
+
+
 def text_blocks(tokenizer, texts: list[str], block_size: int) -> dict:
     """Raw text: tokenize everything, EOS between documents, cut into full blocks; the loss covers every token."""
     ids: list[int] = []
@@ -449,17 +483,17 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
             ds, test_ds = parts["train"], parts["test"]
         return PreparedData(ex.task, "none", ds, test_ds)
     template = choose_template(ex.task, d, tokenizer)
-    tokens, truncated = tokenize(tokenizer, ex.train_conversations, template, d, max_len)
-    if not any(any(x != -100 for x in labels) for labels in tokens["labels"]):
+    train_ds, truncated = tokenize_cached(tokenizer, ex.train_conversations, template, d, max_len)
+    if not any(any(x != -100 for x in labels) for labels in train_ds["labels"]):
         raise DataError(
             f"model.max_seq_length {max_len} is shorter than every example's prompt, so no answer token is left to "
             "train on; raise model.max_seq_length (`unsloth-sft preview` shows the token counts)"
         )
     test_ds = None
     if ex.test_conversations:
-        test_ds = datasets.Dataset.from_dict(tokenize(tokenizer, ex.test_conversations, template, d, max_len)[0])
-    return PreparedData(ex.task, template, datasets.Dataset.from_dict(tokens), test_ds, ex.train_conversations,
-                        ex.test_conversations, ex.skipped, truncated)
+        test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len)[0]
+    return PreparedData(ex.task, template, train_ds, test_ds, ex.train_conversations, ex.test_conversations,
+                        ex.skipped, truncated)
 
 
 def prompt_and_reference(tokenizer, conversation: list[dict], template: str) -> tuple[str, str]:

@@ -89,7 +89,7 @@ def start(cfg: RunConfig) -> Run:
 
 def fit(run: Run) -> dict:
     """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
-    run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train)
+    run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, backend=run.loaded.backend)
     if is_main_process():
         t, n = run.cfg.train, world_size()
         batch, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps

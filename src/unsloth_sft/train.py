@@ -141,7 +141,7 @@ def save_sharded(trainer, target: Path, tokenizer) -> Path | None:
     return target
 
 
-def sft_config(cfg: RunConfig, output_dir: Path):
+def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
     """TRL's SFTConfig for a run (names follow the upstream arguments one to one)."""
     import torch
     from trl import SFTConfig
@@ -152,7 +152,8 @@ def sft_config(cfg: RunConfig, output_dir: Path):
     return SFTConfig(
         output_dir=str(output_dir),
         run_name=cfg.run_name,
-        max_length=cfg.model.max_seq_length,
+        # padding-free without packing: TRL refuses a max_length it would not enforce; data.tokenize already cut rows
+        max_length=None if t.padding_free and not t.packing else cfg.model.max_seq_length,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -173,6 +174,9 @@ def sft_config(cfg: RunConfig, output_dir: Path):
         packing=t.packing,
         padding_free=t.padding_free,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # transformers backend: load_model already set checkpointing as lora.use_gradient_checkpointing says;
+        # SFTConfig's default (True) would turn it on regardless. unsloth manages its own.
+        **({"gradient_checkpointing": False} if backend == "transformers" else {}),
         bf16=bf16,
         fp16=cuda and not bf16 and cfg.model.dtype != "float32",
         use_cpu=not cuda,
@@ -286,9 +290,9 @@ def sft_trainer_class():
     return SFTTrainerWithoutTriton
 
 
-def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=()):
+def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=(), backend=None):
     """An SFTTrainer over pre-tokenized rows (input_ids + labels: our masks are used as they are)."""
-    args = sft_config(cfg, cfg.run_dir / CHECKPOINTS)
+    args = sft_config(cfg, cfg.run_dir / CHECKPOINTS, backend)
     names = trackers(cfg)
     _track_env(cfg, names)
     trainer = sft_trainer_class()(
