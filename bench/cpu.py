@@ -38,13 +38,15 @@ from common import (  # noqa: E402
 
 VARIANTS = {
     # name: (what it is, overrides of the library's TrainConfig)
-    "pipeline": ("unsloth_sft defaults: completion-only labels, padded to the batch's longest, random order", {}),
-    "pipeline-grouped": ("unsloth_sft, train.group_by_length: true", {"group_by_length": True}),
+    "pipeline": ("unsloth_sft: completion-only labels, padded to the batch's longest, random order",
+                 {"group_by_length": False}),
+    "pipeline-grouped": ("unsloth_sft, train.group_by_length: true (the default since this benchmark)", {"group_by_length": True}),
     "pipeline-padding-free": ("unsloth_sft, train.padding_free: true", {"padding_free": True}),
     "pipeline-packing": ("unsloth_sft, train.packing: true (TRL bfd; implies padding-free)", {"packing": True}),
     "naive": ("every example padded to max_length, loss on every real token (prompt too)", None),
     "trl": ("plain TRL: SFTTrainer defaults on a `text` field, peft_config LoRA", None),
-    "pipeline-unsloth": ("unsloth_sft defaults, model.backend unsloth (what backend auto picks here)", {}),
+    "pipeline-unsloth": ("unsloth_sft, model.backend unsloth (what backend auto picks here), random order",
+                         {"group_by_length": False}),
     "pipeline-no-checkpointing": ("unsloth_sft defaults without gradient checkpointing (not in the default run)", {}),
 }
 DEFAULT_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-padding-free", "pipeline-packing", "pipeline-unsloth",

@@ -188,7 +188,7 @@ def test_sharded_launch_refuses_unsloth_before_writing(tmp_path, monkeypatch):
 def test_launch_checks(tmp_path, monkeypatch):
     """DDP keeps the backend asked for; a sharded launch turns auto into transformers and refuses 4-bit."""
     from unsloth_sft.errors import ConfigError
-    from unsloth_sft.train import check_launch
+    from unsloth_sft.distributed import check_launch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for backend in ("unsloth", "auto", "transformers"):  # DDP: each rank holds the whole model

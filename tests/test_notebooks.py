@@ -94,3 +94,17 @@ def test_dataset_shortcut_and_unknown_parameter(demo_run, tmp_path):
     assert bad.returncode != 0
     assert "unknown notebook parameter(s): learning_rate" in bad.stderr + bad.stdout
     assert not (demo_run / "runs/bad/config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_unsloth_sft_notebook_command(tmp_path):
+    """README command 1's form: `unsloth-sft notebook NOTEBOOK PARAMS --set ...` validates, runs, writes the run."""
+    done = subprocess.run([str(BIN / "unsloth-sft"), "notebook", str(ROOT / "notebooks/train.ipynb"), str(ROOT / "params/demo-cpu.yaml"),
+                           "--set", f"output_dir={tmp_path}", "--set", "train.max_steps=3", "--set", "overwrite=true"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "demo" / "train.ipynb").is_file()
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["steps"] == 3
+    bad = subprocess.run([str(BIN / "unsloth-sft"), "notebook", str(ROOT / "notebooks/train.ipynb"), str(ROOT / "params/demo-cpu.yaml"),
+                          "--set", "train.max_step=3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "did you mean 'max_steps'" in bad.stderr

@@ -72,7 +72,7 @@ def test_report_to_is_checked(tmp_path):
     from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
     from unsloth_sft.errors import ConfigError
-    from unsloth_sft.train import trackers
+    from unsloth_sft.tracking import trackers
 
     from unsloth_sft import pipeline
 

@@ -17,16 +17,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unsloth-sft", description="Supervised fine-tuning with Unsloth, TRL and peft.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_params(name: str, help: str) -> argparse.ArgumentParser:
+    def with_params(name: str, help: str, before: tuple[str, str] | None = None) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
+        if before:  # a positional that comes before PARAMS on the command line
+            s.add_argument(before[0], help=before[1])
         s.add_argument("params", help="a params YAML file (see params/)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.max_steps=5 (repeatable)")
         return s
 
     with_params("train", "train a model (the training notebook's job)")
-    s = with_params("notebook", "validate the config, then run a notebook headless with papermill")
-    s.add_argument("notebook", help="notebooks/train.ipynb, evaluate.ipynb or infer.ipynb")
+    s = with_params("notebook", "validate the config, then run a notebook headless with papermill",
+                    before=("notebook", "notebooks/train.ipynb, evaluate.ipynb or infer.ipynb"))
     s.add_argument("--output", help="executed notebook path (default: RUN_DIR/NOTEBOOK)")
     s = with_params("preview", "print formatted examples with the trained span marked")
     s.add_argument("-n", type=int, default=3, help="how many examples")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig
-from unsloth_sft.data import ANSWER_FIELD, TASK_FIELDS, choose_template, detect_task, to_messages, train_test
+from unsloth_sft.data import TASK_FIELDS, choose_template, detect_task, to_messages, train_test
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render_prompt
 
@@ -68,7 +68,7 @@ def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None) -> str:
 
 def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
     """(line number, parsed value or None, error or None) for each non-empty line of a JSONL file."""
-    from unsloth_sft.data import _read_text
+    from unsloth_sft.sources import _read_text
 
     out = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):

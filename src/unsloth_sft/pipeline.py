@@ -22,21 +22,17 @@ from unsloth_sft.export import (
 )
 from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
 from unsloth_sft.runs import check_run_dir, prepare_run_dir, write_json
-from unsloth_sft.train import (
-    build_trainer,
+from unsloth_sft.distributed import (
     check_launch,
-    environment,
     from_main,
     init_distributed,
     is_main_process,
-    loss_history,
     main_first,
-    plot_loss,
     save_sharded,
-    train,
-    trackers,
     world_size,
 )
+from unsloth_sft.tracking import trackers
+from unsloth_sft.train import build_trainer, environment, loss_history, plot_loss, train
 
 
 @dataclass
