@@ -54,7 +54,7 @@ def _walk(node):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("UNSLOTH_SFT_CACHE", Path.home() / ".cache" / "unsloth_sft"))
+    return Path(os.environ.get("UNSLOTH_SFT_CACHE") or Path.home() / ".cache" / "unsloth_sft")  # empty = unset
 
 
 def tiny_model_path() -> Path:
