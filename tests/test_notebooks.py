@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,14 @@ def test_pairs_agree_and_are_clean(py):
     assert json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] == "python3"
 
 
+SECRET = "hf_NOTEBOOKsecret0123456789"
+
+
 def _papermill(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # HF_TOKEN is in the environment, as on a user's machine: it must not reach the executed notebook.
+    env = {**os.environ, "HF_TOKEN": SECRET}
     return subprocess.run([str(BIN / "papermill"), *args, "--no-progress-bar"], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,9 @@ def test_train_notebook_writes_metrics(demo_run):
     assert "[[" in text  # the masked-label preview was shown
     assert "image/png" in text  # the loss curve was displayed
     assert "before training" in text  # the side-by-side table
+    for path in run.rglob("*"):  # executed notebook, config, cards, weights: the token is in none of them
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.slow
