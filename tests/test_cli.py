@@ -220,7 +220,8 @@ def test_same_recipe_same_loss_curve(capsys, tmp_path):
     curves = []
     for name in ("a", "b"):
         assert main(["train", str(ROOT / "params/cpu/chat.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"run_name={name}",
-                     "--set", "train.max_steps=6", "--set", "model.backend=transformers"]) == 0
+                     "--set", "train.max_steps=6", "--set", "model.backend=transformers", "--set", "data.max_samples=12",
+                     "--set", "train.per_device_train_batch_size=2"]) == 0
         curves.append(json.loads((tmp_path / name / "loss_history.json").read_text())["history"])
     assert curves[0] == curves[1] and len(curves[0]) == 6
 

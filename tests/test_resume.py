@@ -70,14 +70,17 @@ def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
     assert not (tmp_path / "nan" / "metrics.json").exists() and not (tmp_path / "nan" / "adapter").exists()
 
 
-def test_finished_run_is_refused_then_overwritten_on_request(tmp_path):
+def test_finished_run_is_refused_then_overwritten_on_request(tmp_path, capsys):
+    from unsloth_sft.cli import main
+
     params = _params(tmp_path, "done", max_steps=3, save_steps=None)
-    assert subprocess.run([*CLI, str(params)], capture_output=True, timeout=300).returncode == 0
+    assert main(["train", str(params)]) == 0
     run = tmp_path / "done"
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    again = subprocess.run([*CLI, str(params)], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "holds a finished run; set overwrite: true" in again.stderr
+    capsys.readouterr()
+    assert main(["train", str(params)]) == 2
+    assert "holds a finished run; set overwrite: true" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
-    forced = subprocess.run([*CLI, str(params), "--set", "overwrite=true"], capture_output=True, text=True, timeout=300)
-    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert main(["train", str(params), "--set", "overwrite=true"]) == 0
     assert not list(run.glob(".*tmp*")) and not list(run.glob(".*.old"))
+    assert (run / "metrics.json").read_bytes() != snapshot[run / "metrics.json"]  # replaced, as asked
