@@ -253,3 +253,18 @@ def test_stop_token_ids_without_end_of_turn():
             return {"<eos>": 7}
 
     assert stop_token_ids(Tok()) == [7]
+
+
+@pytest.mark.parametrize("template", ["chat", "qa"])
+def test_one_shot_prompt_puts_a_worked_example_first(tokenizer, template):
+    """eval.num_shots: 1 (GSM8K's base model): the shot's question and answer come before the test question,
+    with one <bos> and the same ending as the zero-shot prompt."""
+    from unsloth_sft.evaluate import prompts_for
+
+    shot = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4\n#### 4"}]
+    test = [{"role": "user", "content": "What is 3 + 5?"}, {"role": "assistant", "content": "#### 8"}]
+    zero = prompts_for(tokenizer, [test], template)[0]
+    one = prompts_for(tokenizer, [test], template, shot)[0]
+    assert one.count("<bos>") == 1 and one.startswith("<bos>")
+    assert one.index("What is 2 + 2?") < one.index("#### 4") < one.index("What is 3 + 5?")
+    assert one.endswith(zero[len("<bos>"):]) and "#### 8" not in one

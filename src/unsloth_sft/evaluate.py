@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot:
             bos = tokenizer.bos_token or ""
             body = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
             prefix = shot_prefix(tokenizer, shot, template)
-            out.append(prefix + body if not prefix.startswith(bos) or not bos else prefix + body)
+            out.append(prefix + body)  # the shot keeps its <bos>; the prompt's own is dropped
     return out
 
 
@@ -189,7 +188,3 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     summary = write_eval(run_dir / "eval", cfg.run_name, result, rows)
     result["summary"] = summary
     return result
-
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
