@@ -42,27 +42,44 @@ def test_recipe_trains_and_evaluates(name, tmp_path):
     assert all(math.isfinite(v) for v in result["metrics"][metric].values())
 
 
-def test_packing_keeps_each_examples_mask(tmp_path, tokenizer):
-    """Packed rows hold exactly the supervised tokens of the unpacked examples, with per-example lengths
-    (seq_lengths) so positions restart at every example; training on them runs."""
-    from conftest import small_config
-    from unsloth_sft.data import prepare
-    from unsloth_sft.model import load_model
-    from unsloth_sft.train import build_trainer
+PACKING_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from conftest import small_config
+from unsloth_sft.data import prepare
+from unsloth_sft.model import load_model
+from unsloth_sft.train import build_trainer
 
-    cfg = small_config(tmp_path, "data.source=sample:chat", "train.packing=true", "model.backend=transformers",
-                       "model.max_seq_length=1024", "train.max_steps=2")
-    loaded = load_model(cfg)
-    data = prepare(cfg, loaded.tokenizer)
-    trainer = build_trainer(cfg, loaded.model, loaded.tokenizer, data.train, backend="transformers")
-    packed = trainer.train_dataset
-    assert len(packed) < len(data.train) and "seq_lengths" in packed.column_names
-    supervised = lambda rows: sorted(t for r in rows for t in r if t != -100)  # noqa: E731
-    assert supervised(packed["labels"]) == supervised(data.train["labels"])
-    assert all(sum(r["seq_lengths"]) == len(r["input_ids"]) for r in packed)
-    # every example's first token (its <bos>) is unsupervised, so no example learns across its neighbour
-    for row in packed:
-        starts = [sum(row["seq_lengths"][:i]) for i in range(len(row["seq_lengths"]))]
-        assert all(row["labels"][s] == -100 for s in starts)
-    trainer.train()
-    assert trainer.state.global_step == 2
+cfg = small_config(Path(sys.argv[1]), "data.source=sample:chat", "train.packing=true", "model.backend=transformers",
+                   "model.max_seq_length=1024", "train.max_steps=2")
+loaded = load_model(cfg)
+data = prepare(cfg, loaded.tokenizer)
+trainer = build_trainer(cfg, loaded.model, loaded.tokenizer, data.train, backend="transformers")
+packed = trainer.train_dataset
+assert type(trainer).__name__.startswith("SFTTrainer"), type(trainer)
+assert len(packed) < len(data.train) and "seq_lengths" in packed.column_names, (len(packed), packed.column_names)
+supervised = lambda rows: sorted(t for r in rows for t in r if t != -100)
+assert supervised(packed["labels"]) == supervised(data.train["labels"])
+assert all(sum(r["seq_lengths"]) == len(r["input_ids"]) for r in packed)
+for row in packed:  # every example's first token (its <bos>) is unsupervised: no learning across neighbours
+    starts = [sum(row["seq_lengths"][:i]) for i in range(len(row["seq_lengths"]))]
+    assert all(row["labels"][s] == -100 for s in starts)
+trainer.train()
+assert trainer.state.global_step == 2
+print("packing ok")
+"""
+
+
+def test_packing_keeps_each_examples_mask(tmp_path):
+    """TRL's packing (transformers backend): packed rows hold exactly the unpacked examples' supervised tokens,
+    with per-example lengths so positions restart at each example, and they train. Run in a fresh process:
+    once unsloth is imported it replaces TRL's trainer and packs in its collator instead (checked by unsloth)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(PACKING_CHECK)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "packing ok" in done.stdout, done.stderr[-3000:]
