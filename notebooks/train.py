@@ -33,10 +33,11 @@
 import subprocess
 import sys
 
+# Point PACKAGE at your copy of the repository (a git URL or a wheel): "unsloth-sft[gpu] @ git+https://github.com/<you>/unsloth-sft"
+PACKAGE = "unsloth-sft[gpu]"
 if "google.colab" in sys.modules:
-    # Point PACKAGE at your copy of the repository (a git URL or a wheel), e.g. "unsloth-sft[gpu] @ git+https://...".
-    PACKAGE = "unsloth-sft[gpu]"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE]).returncode != 0:
+        raise RuntimeError(f"pip could not install {PACKAGE!r}: set PACKAGE above to your repository's git URL or a wheel")
 
 # %% [markdown]
 # ### Parameters
