@@ -705,3 +705,13 @@ def test_tokenized_rows_are_cached_and_keyed_on_what_decides_them(tmp_path, toke
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 6
     uncached = data.prepare(small_config(tmp_path, "data.source=sample:chat", "data.cache_tokenized=false"), tokenizer)
     assert uncached.train["labels"] == first.train["labels"]
+
+
+def test_inference_detects_the_task_training_detects(tmp_path):
+    """infer.recipe_task goes through the same detection as training: GSM8K rows are gsm8k, not plain qa."""
+    from unsloth_sft.infer import recipe_task
+
+    for source in ("sample:gsm8k-mini", "sample:qa-json", "sample:chat"):
+        cfg = small_config(tmp_path, f"data.source={source}")
+        assert recipe_task(cfg) == data.load_examples(cfg).task
+    assert recipe_task(small_config(tmp_path, "data.source=sample:gsm8k-mini")) == "gsm8k"

@@ -136,18 +136,21 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     has_adapter = (adapter / "adapter_config.json").is_file()
     if not has_adapter and not (merged / "config.json").is_file():
         raise ModelError(f"{run_dir}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+    no_test = DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
     examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
-    if examples.task != "text" and not examples.test_conversations or examples.task == "text" and not (
-        examples.test and examples.test.rows or cfg.data.test_size > 0
-    ):
-        raise DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
+    if examples.task == "text":  # raw text: a test split of its own, or blocks carved after tokenizing
+        has_test = bool(examples.test and examples.test.rows) or cfg.data.test_size > 0
+    else:
+        has_test = bool(examples.test_conversations)
+    if not has_test:
+        raise no_test
     if has_adapter:
         model, tokenizer = load_for_inference(cfg.model.name, str(adapter))
     else:
         model, tokenizer = load_for_inference(str(merged))
     data = prepare(cfg, tokenizer, examples)
-    if data.test is None or len(data.test) == 0:
-        raise DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
+    if data.test is None or len(data.test) == 0:  # e.g. raw text too short to carve a test block from
+        raise no_test
     base_model = None if has_adapter else load_for_inference(cfg.model.name)[0]
 
     def as_base():

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig
-from unsloth_sft.data import TASK_FIELDS, choose_template, detect_task, to_messages, train_test
+from unsloth_sft.data import TASK_FIELDS, choose_template, detect_task, load_examples, to_messages
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render_prompt
 
@@ -27,11 +27,8 @@ def load_run_model(cfg: RunConfig, run_dir: Path):
 
 
 def recipe_task(cfg: RunConfig) -> str:
-    """The recipe's task: data.task, or detected from the source's columns."""
-    if cfg.data.task != "auto":
-        return cfg.data.task
-    train, _ = train_test(cfg.data, cfg.train.seed)
-    return detect_task(list(train.rows[0]), cfg.data, cfg.data.source)
+    """The recipe's task: data.task, or what training detects from the source (data.load_examples)."""
+    return cfg.data.task if cfg.data.task != "auto" else load_examples(cfg).task
 
 
 def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[list[dict], str]:
@@ -54,15 +51,11 @@ def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[lis
 
 def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None) -> str:
     """The rendered prompt for `prompt` (None: the recipe's first test example), in the recipe's template."""
-    from unsloth_sft.data import conversations
-
-    task = recipe_task(cfg)
     if prompt is None:
-        train, test = train_test(cfg.data, cfg.train.seed)
-        convs, _ = conversations(test if test is not None and test.rows else train, task, cfg.data)
-        messages, kind = convs[0], task
+        examples = load_examples(cfg)
+        messages, kind = (examples.test_conversations or examples.train_conversations)[0], examples.task
     else:
-        messages, kind = messages_for(prompt, cfg, task, "prompt")
+        messages, kind = messages_for(prompt, cfg, recipe_task(cfg), "prompt")
     return render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer))
 
 
