@@ -1,16 +1,15 @@
-"""Helpers shared by bench/cpu.py and bench/gpu.py: model shapes, bisection, requirement checks, tables, counters."""
+"""Helpers shared by bench/cpu.py and bench/gpu.py: model shapes, bisection, worker processes, tables, counters."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
-import resource
+import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -68,30 +67,22 @@ WHEEL_HINTS = {
 }
 
 
-# ---------------------------------------------------------------- process measurements
+# ---------------------------------------------------------------- worker processes
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+def spawn(script: Path, extra: list[str], json_out: Path, log: Path) -> tuple[int, Any]:
+    """Run `script` with `extra` arguments in a fresh process (output to `log`); its exit code and JSON result.
 
-
-def process_start_time() -> float:
-    """Wall-clock time this process started (from /proc on Linux; now elsewhere)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
-        return time.time()
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    The worker writes its result to `--json-out`; on failure the result is None and the log's tail is printed.
+    """
+    cmd = [sys.executable, str(script), *extra, "--json-out", str(json_out)]
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if rc != 0 or not json_out.is_file():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print(f"  FAILED (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
+        return rc, None
+    return rc, json.loads(json_out.read_text())
 
 
 # ---------------------------------------------------------------- requirements
@@ -131,8 +122,9 @@ def count_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_random_model(path: Path, shape: dict, tokenizer_path: Path, dtype: str = "float32", device: str = "cpu",
-                       seed: int = 0) -> Path:
+def build_random_model(
+    path: Path, shape: dict, tokenizer_path: Path, dtype: str = "float32", device: str = "cpu"
+) -> Path:
     """Save a random-initialised Gemma-2 of `shape` (safetensors) with the tokenizer of `tokenizer_path`."""
     import torch
     from transformers import AutoTokenizer, Gemma2ForCausalLM
@@ -141,10 +133,12 @@ def build_random_model(path: Path, shape: dict, tokenizer_path: Path, dtype: str
     if (path / "config.json").is_file():
         return path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     extra = {} if "vocab_size" in shape else {"vocab_size": len(tokenizer)}
     config = gemma2_config(shape, dtype=dtype, **ids, **extra)
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))  # built in its dtype: a 9B in float32 would need 37 GB first
     try:
@@ -188,8 +182,8 @@ def longest_trainable(try_fn: Callable[[int], bool], lo: int, hi: int, step: int
 # ---------------------------------------------------------------- data
 
 
-def bench_conversations(n: int, seed: int = 0) -> list[list[dict]]:
-    """`n` conversations: the bundled summarization and chat samples (all splits), shuffled and replicated."""
+def bench_conversations(n: int) -> list[list[dict]]:
+    """`n` conversations: the bundled summarization and chat samples (all splits), shuffled (seed 0), replicated."""
     from unsloth_sft.config import DataConfig
     from unsloth_sft.data import conversations, read_source
 
@@ -198,7 +192,7 @@ def bench_conversations(n: int, seed: int = 0) -> list[list[dict]]:
         cfg = DataConfig(source=source, task=task)
         for split in read_source(cfg).values():
             pool.extend(conversations(split, task, cfg)[0])
-    rng = random.Random(seed)
+    rng = random.Random(0)
     out: list[list[dict]] = []
     while len(out) < n:
         block = list(pool)

@@ -2,6 +2,7 @@
 
     python bench/cpu.py              # everything, ~10 min on 2 cores; writes bench/results/cpu.json and cpu.md
     python bench/cpu.py --quick      # tiny model only, fewer examples, ~2 min (results in a temporary folder)
+    python bench/cpu.py --smoke      # every variant for one optimizer step on the tiny model: do they all start?
 
 Every variant trains in its own process, one after another, so peak RSS and time to the first optimizer step
 are that variant's own. The driver runs the workers (`--worker`) and the data-preparation benchmark (`--prep`).
@@ -16,9 +17,9 @@ T0 = time.time()  # before any heavy import: time-to-first-step counts imports, 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,25 +33,42 @@ from common import (  # noqa: E402
     build_random_model,
     fmt,
     markdown_table,
-    peak_rss_mb,
-    write_json,
+    spawn,
 )
 
+SCRIPT = Path(__file__).resolve()  # workers are this script in fresh processes
 VARIANTS = {
-    # name: (what it is, overrides of the library's TrainConfig)
-    "pipeline": ("unsloth_sft: completion-only labels, padded to the batch's longest, random order",
-                 {"group_by_length": False}),
-    "pipeline-grouped": ("unsloth_sft, train.group_by_length: true (the default since this benchmark)", {"group_by_length": True}),
-    "pipeline-padding-free": ("unsloth_sft, train.padding_free: true", {"padding_free": True}),
-    "pipeline-packing": ("unsloth_sft, train.packing: true (TRL bfd; implies padding-free)", {"packing": True}),
+    # name: (what it is, the library's own options on top of bench_config, as dotted overrides; None: not the library)
+    "pipeline": (
+        "unsloth_sft: completion-only labels, padded to the batch's longest, random order",
+        ["train.group_by_length=false"],
+    ),
+    "pipeline-grouped": (
+        "unsloth_sft, train.group_by_length: true (the default since this benchmark)",
+        ["train.group_by_length=true"],
+    ),
+    "pipeline-padding-free": ("unsloth_sft, train.padding_free: true", ["train.padding_free=true"]),
+    "pipeline-packing": ("unsloth_sft, train.packing: true (TRL bfd; implies padding-free)", ["train.packing=true"]),
     "naive": ("every example padded to max_length, loss on every real token (prompt too)", None),
     "trl": ("plain TRL: SFTTrainer defaults on a `text` field, peft_config LoRA", None),
-    "pipeline-unsloth": ("unsloth_sft, model.backend unsloth (what backend auto picks here), random order",
-                         {"group_by_length": False}),
-    "pipeline-no-checkpointing": ("unsloth_sft defaults without gradient checkpointing (not in the default run)", {}),
+    "pipeline-unsloth": (
+        "unsloth_sft, model.backend unsloth (what backend auto picks here), random order",
+        ["model.backend=unsloth", "train.group_by_length=false"],
+    ),
+    "pipeline-no-checkpointing": (
+        "unsloth_sft defaults without gradient checkpointing (not in the default run)",
+        ["lora.use_gradient_checkpointing=false"],
+    ),
 }
-DEFAULT_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-padding-free", "pipeline-packing", "pipeline-unsloth",
-                    "naive", "trl"]
+DEFAULT_VARIANTS = [
+    "pipeline",
+    "pipeline-grouped",
+    "pipeline-padding-free",
+    "pipeline-packing",
+    "pipeline-unsloth",
+    "naive",
+    "trl",
+]
 QUICK_VARIANTS = ["pipeline", "pipeline-grouped", "pipeline-unsloth", "naive", "trl"]
 MODELS = ("tiny", "small")
 # Examples per variant: one pass (1 epoch) over the same examples for every variant of a model.
@@ -60,35 +78,58 @@ PARTS_EXAMPLES = 5_000  # the parts of data preparation are timed on this many (
 MAX_LENGTH = 1024  # params/demo-cpu.yaml's max_seq_length, and TRL's default max_length
 BATCH, ACCUM = 2, 4  # the library's defaults (per_device_train_batch_size, gradient_accumulation_steps)
 PREP_EXAMPLES = 20_000
+SMOKE_EXAMPLES = BATCH * ACCUM  # one optimizer step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny model only, fewer examples (~2 min)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"start every variant for one optimizer step ({SMOKE_EXAMPLES} examples, tiny model) and report "
+        "which fail; no timings (~1 min)",
+    )
     p.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)} (default: both; --quick: tiny)")
-    p.add_argument("--variants", default=None,
-                   help=f"comma list of {', '.join(VARIANTS)} (default: all but the last; --quick: {', '.join(QUICK_VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma list of {', '.join(VARIANTS)} (default: all but the last; --quick: {', '.join(QUICK_VARIANTS)})",
+    )
     p.add_argument("--examples", type=int, default=None, help="examples per variant (default: per model size)")
-    p.add_argument("--prep-examples", type=int, default=None, help=f"examples for the data-prep benchmark ({PREP_EXAMPLES})")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default bench/results; --quick: the run's temporary folder)")
+    p.add_argument(
+        "--prep-examples", type=int, default=None, help=f"examples for the data-prep benchmark ({PREP_EXAMPLES})"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default bench/results; --quick: the run's temporary folder)",
+    )
     p.add_argument("--no-prep", action="store_true", help="skip the data-preparation benchmark")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per worker (default 1: with other jobs on the cores, 2 OpenMP threads "
-                        "stall each other, up to 10x slower steps)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (default 1: with other jobs on the cores, 2 OpenMP threads "
+        "stall each other, up to 10x slower steps)",
+    )
     # worker modes (the driver runs these in subprocesses)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prep", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="pipeline", help=argparse.SUPPRESS)
     p.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.variants, args.examples = "tiny", ",".join(VARIANTS), args.examples or SMOKE_EXAMPLES
     args.models = (args.models or ("tiny" if args.quick else ",".join(MODELS))).split(",")
     args.variants = (args.variants or ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)).split(",")
     for name in args.models + [args.model]:
         if name not in MODELS:
             p.error(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
-    for name in args.variants + [args.variant]:
+    for name in args.variants:
         if name not in VARIANTS:
             p.error(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
     if args.threads < 1:
@@ -121,14 +162,14 @@ def model_path(model: str) -> Path:
 
 
 def bench_config(variant: str, path: Path, out_dir: Path):
-    """The RunConfig every pipeline variant shares: 16-bit LoRA r16 on all linear layers, one epoch."""
+    """The RunConfig of a variant: 16-bit LoRA r16 on all linear layers, one epoch, plus the variant's own options."""
     from unsloth_sft.config import load_config
 
     overrides = [
         f"output_dir={out_dir}",
         "run_name=bench",
         f"model.name={path}",
-        f"model.backend={'unsloth' if variant == 'pipeline-unsloth' else 'transformers'}",
+        "model.backend=transformers",
         "model.load_in_4bit=false",  # bitsandbytes' CPU NF4 kernels dequantise per matmul: ~3x slower, same for all
         f"model.max_seq_length={MAX_LENGTH}",
         "train.max_steps=null",
@@ -139,11 +180,12 @@ def bench_config(variant: str, path: Path, out_dir: Path):
         "train.warmup_steps=0",
         "data.task=chat",
     ]
-    for key, value in (VARIANTS[variant][1] or {}).items():
-        overrides.append(f"train.{key}={str(value).lower()}")
-    if variant == "pipeline-no-checkpointing":
-        overrides.append("lora.use_gradient_checkpointing=false")
-    return load_config(overrides=overrides)
+    return load_config(overrides=overrides + (VARIANTS[variant][1] or []))
+
+
+def uses_unsloth(variant: str) -> bool:
+    """Whether the variant loads unsloth, which patches transformers and TRL for the rest of its process."""
+    return "model.backend=unsloth" in (VARIANTS[variant][1] or [])
 
 
 class Clock:
@@ -190,7 +232,9 @@ def plain_trl_trainer(model, tokenizer, texts: list[str], out_dir: Path, callbac
     """SFTTrainer with its defaults (max_length 1024, full-sequence loss, no packing); only CPU, batch and epochs set."""
     import datasets
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from unsloth_sft.train import sft_trainer_class
 
     args = SFTConfig(
         output_dir=str(out_dir),
@@ -207,55 +251,35 @@ def plain_trl_trainer(model, tokenizer, texts: list[str], out_dir: Path, callbac
         data_seed=3407,
     )
     peft_config = LoraConfig(
-        r=16, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+        r=16,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
-    return SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"text": texts}),
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    # the library's SFTTrainer: TRL's own, or on a CPU torch without Triton one with the model's loss (see train.py)
+    return sft_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
 
 
-def use_model_loss_without_triton() -> bool:
-    """TRL 1.15 computes the SFT loss with a Triton kernel (GPU only); on CPU torch use the model's own loss instead.
-
-    Without Triton, `SFTTrainer.compute_loss` raises AttributeError ('NoneType' object has no attribute 'apply') on
-    the first step. Unsloth replaces that method itself; every other variant gets transformers' `Trainer.compute_loss`
-    (logits + cross-entropy in the model's forward), the same for pipeline, naive and plain TRL. Returns True if patched.
-    """
-    import trl.trainer.utils as trl_utils
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
-        return False
-    SFTTrainer.compute_loss = Trainer.compute_loss
-    return True
-
-
-def patch_sft_config(variant: str) -> str | None:
-    """Library fixes the benchmark emulates (see README): returns what was changed, or None.
-
-    padding-free: TRL 1.15 refuses padding_free without packing while max_length is set (it would not enforce it);
-    data.tokenize already cut the rows at model.max_seq_length, so SFTConfig gets max_length=None.
-    no-checkpointing: SFTConfig.gradient_checkpointing defaults to True, so lora.use_gradient_checkpointing: false
-    alone does not turn it off on the transformers backend; SFTConfig gets gradient_checkpointing=False too.
-    """
-    import unsloth_sft.train as lib
-
-    if variant not in ("pipeline-padding-free", "pipeline-no-checkpointing"):
-        return None
-    original = lib.sft_config
-
-    def sft_config(cfg, output_dir):
-        args = original(cfg, output_dir)
-        if args.padding_free and not args.packing:
-            args.max_length = None
-        if not cfg.lora.use_gradient_checkpointing:
-            args.gradient_checkpointing = False
-        return args
-
-    lib.sft_config = sft_config
-    return {"pipeline-padding-free": "SFTConfig.max_length=None (rows pre-truncated)",
-            "pipeline-no-checkpointing": "lora.use_gradient_checkpointing=false and SFTConfig.gradient_checkpointing=False"}[variant]
+def run_variants(variants: list[str], model: str, n: int, threads: int = 1) -> list[dict]:
+    """One variant: its measurements (an error raises). Several (--smoke): one row each, {"error": ...} if it failed."""
+    if len(variants) == 1:
+        return [run_variant(variants[0], model, n, threads)]
+    rows = []
+    for variant in variants:
+        try:
+            rows.append(run_variant(variant, model, n, threads))
+        except Exception as err:  # the next variant still runs; the traceback is in the worker's log
+            traceback.print_exc()
+            rows.append({"variant": variant, "error": f"{type(err).__name__}: {err}"})
+    return rows
 
 
 def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
@@ -268,13 +292,12 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
     import torch
 
     from unsloth_sft.data import tokenize
+    from unsloth_sft.memory import peak_rss_mb
     from unsloth_sft.model import load_model
     from unsloth_sft.prompts import render
     from unsloth_sft.train import build_trainer, train
 
     torch.set_num_threads(threads)
-    workaround = patch_sft_config(variant)
-    patched = False if variant == "pipeline-unsloth" else use_model_loss_without_triton()
     t_imports = time.time()
     path = model_path(model)
     clock = Clock()
@@ -299,7 +322,14 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
             rows = naive_rows(tokenizer, convs, cfg)
         else:
             rows, _ = tokenize(tokenizer, convs, "chat", cfg.data, MAX_LENGTH)
-        trainer = build_trainer(cfg, loaded.model, tokenizer, datasets.Dataset.from_dict(rows), callbacks=[clock.callback()])
+        trainer = build_trainer(
+            cfg,
+            loaded.model,
+            tokenizer,
+            datasets.Dataset.from_dict(rows),
+            callbacks=[clock.callback()],
+            backend=loaded.backend,
+        )
         t_prep_end = time.time()
     counter = TokenCounter(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
@@ -346,8 +376,7 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
         "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
         "attn_implementation": trainer.model.config._attn_implementation,
         "description": VARIANTS[variant][0],
-        "loss": "transformers Trainer.compute_loss (no Triton)" if patched else "SFTTrainer.compute_loss",
-        "workaround": workaround,
+        "trainer": type(trainer).__name__,  # SFTTrainerWithoutTriton: the model's own loss (TRL's needs Triton)
         "load_average": [round(x, 2) for x in os.getloadavg()],  # 1/5/15-min load at the end: other jobs on the cores
     }
 
@@ -367,6 +396,7 @@ def run_prep(n: int, threads: int = 1) -> dict:
 
     from unsloth_sft.config import DataConfig
     from unsloth_sft.data import tokenize
+    from unsloth_sft.memory import peak_rss_mb
     from unsloth_sft.prompts import render
 
     datasets.disable_progress_bars()
@@ -394,8 +424,10 @@ def run_prep(n: int, threads: int = 1) -> dict:
     enc = timed("tokenizer_only", lambda: tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True))
 
     def label_masks(rendered, enc):  # the loop of data.tokenize, replicated
-        return [[t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
-                for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
+        return [
+            [t if any(s <= start < e for s, e in r.spans) else -100 for t, (start, _) in zip(ids, offsets)]
+            for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])
+        ]
 
     timed("labels_loop", lambda: label_masks(rendered, enc))
 
@@ -422,18 +454,6 @@ def run_prep(n: int, threads: int = 1) -> dict:
 
 
 # ---------------------------------------------------------------- driver
-
-
-def spawn(extra: list[str], json_out: Path, log: Path) -> dict | None:
-    """Run this script as a worker in a fresh process; its JSON result, or None (tail of its log printed)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--json-out", str(json_out)]
-    with log.open("w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    if rc != 0 or not json_out.is_file():
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        print(f"  FAILED (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
-        return None
-    return json.loads(json_out.read_text())
 
 
 TRAIN_COLUMNS = [
@@ -486,8 +506,16 @@ def prep_rows(prep: dict) -> list[dict]:
     for key, label in modes:
         wall, cpu = prep.get(f"{key}_s"), prep.get(f"{key}_cpu_s")
         n = prep.get("parts_examples", prep["examples"]) if "part" in label else prep["examples"]
-        rows.append({"mode": label, "examples": n, "seconds": wall, "cpu_seconds": cpu,
-                     "examples_per_s": n / wall if wall else None, "examples_per_cpu_s": n / cpu if cpu else None})
+        rows.append(
+            {
+                "mode": label,
+                "examples": n,
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "examples_per_s": n / wall if wall else None,
+                "examples_per_cpu_s": n / cpu if cpu else None,
+            }
+        )
     return rows
 
 
@@ -537,7 +565,7 @@ def render_markdown(results: dict) -> str:
         ]
         t = block.get("targets") or {}
         if t:
-            g = lambda k: fmt(t.get(k), 2)  # noqa: E731
+            g = lambda k, t=t: fmt(t.get(k), 2)
             lines.append(
                 f"Targets (wall clock / CPU time): `pipeline` {g('defaults_vs_naive')} / {g('defaults_vs_naive_cpu')}x "
                 f"naive (target >= 2), {g('defaults_vs_trl')} / {g('defaults_vs_trl_cpu')}x plain TRL (target >= 1); "
@@ -547,13 +575,60 @@ def render_markdown(results: dict) -> str:
             )
             lines.append("")
     if results.get("prep"):
-        lines += ["## Data preparation (format + tokenize, tiny tokenizer)", "", markdown_table(prep_rows(results["prep"]), PREP_COLUMNS), ""]
+        lines += [
+            "## Data preparation (format + tokenize, tiny tokenizer)",
+            "",
+            markdown_table(prep_rows(results["prep"]), PREP_COLUMNS),
+            "",
+        ]
     lines.append(f"Total benchmark wall time: {results['wall_s']:.0f} s.")
     return "\n".join(lines) + "\n"
 
 
+def worker_flags(variants: list[str], model: str, n: int, args: argparse.Namespace) -> list[str]:
+    """The arguments of a worker process that trains `variants` one after another on `model`."""
+    return [
+        "--worker",
+        "--variants",
+        ",".join(variants),
+        "--model",
+        model,
+        "--examples",
+        str(n),
+        "--threads",
+        str(args.threads),
+    ]
+
+
+def smoke(args: argparse.Namespace) -> list[str]:
+    """Start every variant for one optimizer step on the tiny model; return the ones that failed.
+
+    Two worker processes (unsloth, once imported, patches transformers and TRL): the unsloth variants, the rest.
+    """
+    model_path("tiny")  # build outside the workers (~3 min the first time)
+    work = Path(tempfile.mkdtemp(prefix="unsloth-sft-bench-smoke-"))
+    groups = [[v for v in args.variants if not uses_unsloth(v)], [v for v in args.variants if uses_unsloth(v)]]
+    failed = []
+    for i, group in enumerate(g for g in groups if g):
+        _, done = spawn(SCRIPT, worker_flags(group, "tiny", args.examples, args), work / f"{i}.json", work / f"{i}.log")
+        rows = {r["variant"]: r for r in (done or {}).get("rows", [])}
+        for variant in group:
+            row = rows.get(variant, {"error": "the worker process failed"})
+            ok = row.get("steps", 0) >= 1
+            print(
+                f"{variant}: " + (f"ok ({row['steps']} optimizer step(s))" if ok else f"FAILED: {row.get('error')}"),
+                flush=True,
+            )
+            if not ok:
+                failed.append(variant)
+    print(f"{len(args.variants) - len(failed)} of {len(args.variants)} variants started (logs in {work})")
+    return failed
+
+
 def drive(args: argparse.Namespace) -> dict:
     import platform
+
+    from unsloth_sft.runs import write_json
 
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
     for model in args.models:  # build once, outside the timed workers (the tiny one pre-trains ~3 min the first time)
@@ -564,10 +639,15 @@ def drive(args: argparse.Namespace) -> dict:
         "command": "python bench/cpu.py" + (" --quick" if args.quick else ""),
         "device": f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "settings": {
-            "max_length": MAX_LENGTH, "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
+            "max_length": MAX_LENGTH,
+            "per_device_train_batch_size": BATCH,
+            "gradient_accumulation_steps": ACCUM,
             "torch_threads": args.threads,
-            "lora": "r 16, alpha 16, all 7 linear layers", "dtype": "float32", "optim": "adamw_torch",
-            "backend": "transformers (16-bit LoRA; load_in_4bit false)", "epochs": 1,
+            "lora": "r 16, alpha 16, all 7 linear layers",
+            "dtype": "float32",
+            "optim": "adamw_torch",
+            "backend": "transformers (16-bit LoRA; load_in_4bit false)",
+            "epochs": 1,
             "data": "sample:hindi-dialogsum + sample:chat (all splits), shuffled and replicated; Gemma chat template",
         },
         "variants": {k: v[0] for k, v in VARIANTS.items() if k in args.variants},
@@ -576,24 +656,35 @@ def drive(args: argparse.Namespace) -> dict:
     start = time.time()
     if not args.no_prep:
         print(f"data preparation: {args.prep_examples} examples", flush=True)
-        prep = spawn(["--prep", "--examples", str(args.prep_examples), "--threads", str(args.threads)], work / "prep.json", work / "prep.log")
+        _, prep = spawn(
+            SCRIPT,
+            ["--prep", "--examples", str(args.prep_examples), "--threads", str(args.threads)],
+            work / "prep.json",
+            work / "prep.log",
+        )
         results["prep"] = prep
         if prep:
-            print(f"  uncached {prep['uncached_examples_per_s']:.0f} ex/s, cached {prep['cached_examples_per_s']:.0f} ex/s",
-                  flush=True)
+            print(
+                f"  uncached {prep['uncached_examples_per_s']:.0f} ex/s, cached {prep['cached_examples_per_s']:.0f} ex/s",
+                flush=True,
+            )
     for model in args.models:
         n = examples_for(model, args)
         rows = []
         for variant in args.variants:
             print(f"{model} / {variant}: {n} examples", flush=True)
             name = f"{model}-{variant}"
-            row = spawn(["--worker", "--variant", variant, "--model", model, "--examples", str(n), "--threads", str(args.threads)],
-                        work / f"{name}.json", work / f"{name}.log")
-            if row:
+            _, done = spawn(
+                SCRIPT, worker_flags([variant], model, n, args), work / f"{name}.json", work / f"{name}.log"
+            )
+            for row in (done or {}).get("rows", []):
                 rows.append(row)
-                print(f"  {row['tokens_per_s']:.0f} useful tok/s, padding {100 * row['padding_fraction']:.1f} %, "
-                      f"pass {row['pass_s']:.1f} s, first step at {row['time_to_first_step_s']:.1f} s, "
-                      f"peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
+                print(
+                    f"  {row['tokens_per_s']:.0f} useful tok/s, padding {100 * row['padding_fraction']:.1f} %, "
+                    f"pass {row['pass_s']:.1f} s, first step at {row['time_to_first_step_s']:.1f} s, "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MiB",
+                    flush=True,
+                )
         add_ratios(rows)
         ref = next((r for r in rows if r["variant"] == "pipeline"), rows[0] if rows else {})
         results["models"][model] = {
@@ -619,13 +710,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
     if args.worker or args.prep:
-        result = run_prep(args.examples or PREP_EXAMPLES, args.threads) if args.prep else run_variant(
-            args.variant, args.model, examples_for(args.model, args), args.threads)
+        from unsloth_sft.runs import write_json
+
+        if args.prep:
+            result = run_prep(args.examples or PREP_EXAMPLES, args.threads)
+        else:
+            result = {"rows": run_variants(args.variants, args.model, examples_for(args.model, args), args.threads)}
         if args.json_out:
             write_json(args.json_out, result)
         else:
             print(json.dumps(result, indent=2))
         return 0
+    if args.smoke:
+        return 1 if smoke(args) else 0
     drive(args)
     return 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from unsloth_sft.data import prepare
     from unsloth_sft.evaluate import generate, prompts_for
     from unsloth_sft.infer import load_run_model
+    from unsloth_sft.runs import write_json
 
     cfg = load_config(args.params)
     model, tokenizer = load_run_model(cfg, Path(args.run))
@@ -41,12 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         new_tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs)
         reference = reference or outputs
-        rows.append({"batch_size": size, "prompts": len(prompts), "seconds": round(seconds, 2),
-                     "prompts_per_s": round(len(prompts) / seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 1),
-                     "same_text_as_batch_1": outputs == reference})
+        rows.append(
+            {
+                "batch_size": size,
+                "prompts": len(prompts),
+                "seconds": round(seconds, 2),
+                "prompts_per_s": round(len(prompts) / seconds, 2),
+                "new_tokens_per_s": round(new_tokens / seconds, 1),
+                "same_text_as_batch_1": outputs == reference,
+            }
+        )
         print(rows[-1])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"run": args.run, "max_new_tokens": args.max_new_tokens, "rows": rows}, indent=2) + "\n")
+    write_json(Path(args.out), {"run": args.run, "max_new_tokens": args.max_new_tokens, "rows": rows})
     return 0
 
 

@@ -21,7 +21,6 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,9 +38,10 @@ from common import (  # noqa: E402
     markdown_table,
     missing_packages,
     requirements_message,
-    write_json,
+    spawn,
 )
 
+SCRIPT = Path(__file__).resolve()  # workers are this script in fresh processes
 SHAPES = {"2b": GEMMA2_2B, "9b": GEMMA2_9B}
 BACKENDS = ("unsloth", "transformers")
 # Import names each backend needs (find_spec only; nothing is imported by the check).
@@ -55,7 +55,9 @@ TARGETS = {"speedup": 1.9, "vram_ratio": 0.5}  # on 9B: unsloth tokens/s >= 1.9x
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", default="2b,9b", help="comma list of 2b, 9b")
     p.add_argument("--backends", default="unsloth,transformers", help="comma list of unsloth, transformers")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence for the throughput run")
@@ -69,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bisect-lo", type=int, default=1024, help="shortest sequence the bisection tries")
     p.add_argument("--bisect-hi", type=int, default=65536, help="longest sequence the bisection tries")
     p.add_argument("--bisect-step", type=int, default=1024, help="resolution of the bisection, tokens")
-    p.add_argument("--peak-tflops", type=float, default=None, help="GPU peak dense bf16 TFLOP/s for MFU (default: by name)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="GPU peak dense bf16 TFLOP/s for MFU (default: by name)"
+    )
     p.add_argument("--models-dir", type=Path, default=None, help="where the random models are saved (default: cache)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     p.add_argument("--check", action="store_true", help="check packages and print the plan; run nothing")
@@ -145,52 +149,57 @@ def plan(args: argparse.Namespace) -> list[dict]:
     rows = []
     for size in args.models:
         shape = SHAPES[size]
-        rows.append({
-            "model": f"gemma2-{size}",
-            "params": count_parameters(gemma2_config(shape)),
-            "layers": shape["num_hidden_layers"],
-            "hidden": shape["hidden_size"],
-            "backends": ", ".join(args.backends),
-            "seq_len": args.seq_len,
-            "tokens_per_step": args.seq_len * args.batch * args.grad_accum,
-        })
+        rows.append(
+            {
+                "model": f"gemma2-{size}",
+                "params": count_parameters(gemma2_config(shape)),
+                "layers": shape["num_hidden_layers"],
+                "hidden": shape["hidden_size"],
+                "backends": ", ".join(args.backends),
+                "seq_len": args.seq_len,
+                "tokens_per_step": args.seq_len * args.batch * args.grad_accum,
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------- one model and backend (worker process)
 
 
-def bench_config(path: Path, backend: str, max_seq_length: int, args: argparse.Namespace, run_dir: Path,
-                 load_in_4bit: bool = True):
+def bench_config(
+    path: Path, backend: str, max_seq_length: int, args: argparse.Namespace, run_dir: Path, load_in_4bit: bool = True
+):
     """The same RunConfig for both backends: QLoRA r on all linear layers, gradient checkpointing, 8-bit AdamW."""
     from unsloth_sft.config import load_config
 
-    return load_config(overrides=[
-        f"output_dir={run_dir}",
-        "run_name=gpu-bench",
-        f"finetune={'qlora' if load_in_4bit else 'lora'}",
-        f"model.name={path}",
-        f"model.backend={backend}",
-        f"model.max_seq_length={max_seq_length}",
-        f"model.load_in_4bit={str(load_in_4bit).lower()}",
-        f"lora.r={args.lora_r}",
-        f"lora.alpha={args.lora_r}",
-        "lora.use_gradient_checkpointing=unsloth",  # unsloth: its offloaded checkpointing; transformers: standard
-        f"train.per_device_train_batch_size={args.batch}",
-        f"train.gradient_accumulation_steps={args.grad_accum}",
-        f"train.max_steps={args.warmup_steps + args.steps}",
-        f"train.optim={args.optim}",
-        "train.warmup_steps=0",
-        "train.logging_steps=1",
-        "train.stop_on_nan=false",  # random weights: the loss value is not the point
-    ])
+    return load_config(
+        overrides=[
+            f"output_dir={run_dir}",
+            "run_name=gpu-bench",
+            f"finetune={'qlora' if load_in_4bit else 'lora'}",
+            f"model.name={path}",
+            f"model.backend={backend}",
+            f"model.max_seq_length={max_seq_length}",
+            f"model.load_in_4bit={str(load_in_4bit).lower()}",
+            f"lora.r={args.lora_r}",
+            f"lora.alpha={args.lora_r}",
+            "lora.use_gradient_checkpointing=unsloth",  # unsloth: its offloaded checkpointing; transformers: standard
+            f"train.per_device_train_batch_size={args.batch}",
+            f"train.gradient_accumulation_steps={args.grad_accum}",
+            f"train.max_steps={args.warmup_steps + args.steps}",
+            f"train.optim={args.optim}",
+            "train.warmup_steps=0",
+            "train.logging_steps=1",
+            "train.stop_on_nan=false",  # random weights: the loss value is not the point
+        ]
+    )
 
 
-def synthetic_rows(rows: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
-    """`rows` sequences of exactly `seq_len` random token ids (no padding), every token trained."""
+def synthetic_rows(rows: int, seq_len: int, vocab: int) -> dict:
+    """`rows` sequences of exactly `seq_len` random token ids (seed 0, no padding), every token trained."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, vocab, (rows, seq_len), generator=g).tolist()  # 0-3: pad/eos/bos/unk
     return {"input_ids": ids, "labels": [list(r) for r in ids]}
 
@@ -242,7 +251,14 @@ def train_steps(loaded, cfg, seq_len: int, steps: int, grad_accum: int | None = 
     )
     rows = synthetic_rows(steps * accum * t.per_device_train_batch_size, seq_len, len(loaded.tokenizer))
     timer = StepTimer()
-    trainer = build_trainer(cfg, loaded.model, loaded.tokenizer, datasets.Dataset.from_dict(rows), callbacks=[timer.callback()])
+    trainer = build_trainer(
+        cfg,
+        loaded.model,
+        loaded.tokenizer,
+        datasets.Dataset.from_dict(rows),
+        callbacks=[timer.callback()],
+        backend=loaded.backend,
+    )
     try:
         trainer.train()
     finally:
@@ -301,7 +317,7 @@ def run_worker(size: str, backend: str, args: argparse.Namespace) -> dict:
     torch.cuda.reset_peak_memory_stats()
     reserved_after_load = torch.cuda.memory_reserved()
     timer = train_steps(loaded, cfg, args.seq_len, args.warmup_steps + args.steps)
-    timed = timer.times[args.warmup_steps:] or timer.times
+    timed = timer.times[args.warmup_steps :] or timer.times
     tokens_per_step = args.seq_len * args.batch * args.grad_accum
     tokens_per_s = tokens_per_step * len(timed) / sum(timed)
     params = count_parameters(gemma2_config(SHAPES[size]))
@@ -349,8 +365,9 @@ def run_build(args: argparse.Namespace) -> dict:
     out = {}
     for size in args.models:
         t = time.time()
-        path = build_random_model(model_dir(models_root(args), size), SHAPES[size], tiny_model_path(),
-                                  dtype="bfloat16", device=device)
+        path = build_random_model(
+            model_dir(models_root(args), size), SHAPES[size], tiny_model_path(), dtype="bfloat16", device=device
+        )
         out[size] = {"path": str(path), "seconds": round(time.time() - t, 1)}
         free_memory()
     return out
@@ -420,22 +437,29 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spawn(extra: list[str], json_out: Path, log: Path) -> tuple[int, dict | None]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--json-out", str(json_out)]
-    with log.open("w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    if rc != 0 or not json_out.is_file():
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        print(f"  FAILED (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
-        return rc, None
-    return rc, json.loads(json_out.read_text())
-
-
 def common_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--seq-len", str(args.seq_len), "--batch", str(args.batch), "--grad-accum", str(args.grad_accum),
-             "--lora-r", str(args.lora_r), "--optim", args.optim, "--steps", str(args.steps),
-             "--warmup-steps", str(args.warmup_steps), "--bisect-lo", str(args.bisect_lo),
-             "--bisect-hi", str(args.bisect_hi), "--bisect-step", str(args.bisect_step)]
+    flags = [
+        "--seq-len",
+        str(args.seq_len),
+        "--batch",
+        str(args.batch),
+        "--grad-accum",
+        str(args.grad_accum),
+        "--lora-r",
+        str(args.lora_r),
+        "--optim",
+        args.optim,
+        "--steps",
+        str(args.steps),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--bisect-lo",
+        str(args.bisect_lo),
+        "--bisect-hi",
+        str(args.bisect_hi),
+        "--bisect-step",
+        str(args.bisect_step),
+    ]
     if args.bisect:
         flags.append("--bisect")
     if args.peak_tflops:
@@ -448,10 +472,17 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 def drive(args: argparse.Namespace) -> int:
     import torch
 
+    from unsloth_sft.runs import write_json
+
     name = torch.cuda.get_device_name(0)
     work = Path(tempfile.mkdtemp(prefix="unsloth-sft-gpu-bench-"))
     print(f"building models {', '.join(args.models)} (random init, bf16) under {models_root(args)}", flush=True)
-    rc, built = spawn(["--build", "--models", ",".join(args.models), *common_flags(args)], work / "build.json", work / "build.log")
+    rc, built = spawn(
+        SCRIPT,
+        ["--build", "--models", ",".join(args.models), *common_flags(args)],
+        work / "build.json",
+        work / "build.log",
+    )
     if built is None:
         return rc or 1
     rows, failed = [], []
@@ -460,19 +491,30 @@ def drive(args: argparse.Namespace) -> int:
         for backend in args.backends:
             print(f"gemma2-{size} / {backend}", flush=True)
             tag = f"{size}-{backend}"
-            rc, row = spawn(["--worker", "--models", size, "--backends", backend, *common_flags(args)],
-                            work / f"{tag}.json", work / f"{tag}.log")
+            rc, row = spawn(
+                SCRIPT,
+                ["--worker", "--models", size, "--backends", backend, *common_flags(args)],
+                work / f"{tag}.json",
+                work / f"{tag}.log",
+            )
             if row is None:
-                failed.append({"model": f"gemma2-{size}", "backend": backend, "rc": rc, "log": str(work / f"{tag}.log")})
+                failed.append(
+                    {"model": f"gemma2-{size}", "backend": backend, "rc": rc, "log": str(work / f"{tag}.log")}
+                )
                 continue
             rows.append(row)
-            print(f"  {row['tokens_per_s']:.0f} tokens/s, peak reserved {row['peak_reserved_gb']:.1f} GB"
-                  + (f", MFU {100 * row['mfu']:.1f} %" if row.get("mfu") else "")
-                  + (f", longest seq {row.get('longest_seq')}" if args.bisect else ""), flush=True)
+            print(
+                f"  {row['tokens_per_s']:.0f} tokens/s, peak reserved {row['peak_reserved_gb']:.1f} GB"
+                + (f", MFU {100 * row['mfu']:.1f} %" if row.get("mfu") else "")
+                + (f", longest seq {row.get('longest_seq')}" if args.bisect else ""),
+                flush=True,
+            )
     results = {
         "command": "python bench/gpu.py " + " ".join(sys.argv[1:]),
         "gpu": name,
-        "settings": {k: getattr(args, k) for k in ("seq_len", "batch", "grad_accum", "lora_r", "optim", "steps", "warmup_steps")},
+        "settings": {
+            k: getattr(args, k) for k in ("seq_len", "batch", "grad_accum", "lora_r", "optim", "steps", "warmup_steps")
+        },
         "built": built,
         "rows": rows,
         "failed": failed,
@@ -496,21 +538,37 @@ def main(argv: list[str] | None = None) -> int:
     message = check_requirements(args.backends)
     if args.check:
         print(message or "all packages present")
-        print(markdown_table(plan(args), [("model", "model", 0), ("params", "parameters", 0), ("layers", "layers", 0),
-                                          ("hidden", "hidden", 0), ("backends", "backends", 0), ("seq_len", "seq", 0),
-                                          ("tokens_per_step", "tokens/step", 0)]))
+        print(
+            markdown_table(
+                plan(args),
+                [
+                    ("model", "model", 0),
+                    ("params", "parameters", 0),
+                    ("layers", "layers", 0),
+                    ("hidden", "hidden", 0),
+                    ("backends", "backends", 0),
+                    ("seq_len", "seq", 0),
+                    ("tokens_per_step", "tokens/step", 0),
+                ],
+            )
+        )
         return 0 if message is None else 2
     if message:
         print(message, file=sys.stderr)
         return 2
+    from unsloth_sft.runs import write_json  # after the requirements check: it names a missing unsloth_sft
+
     if args.build:
         write_json(args.json_out, run_build(args)) if args.json_out else print(run_build(args))
         return 0
     import torch
 
     if not torch.cuda.is_available():
-        print("no CUDA GPU here: bench/gpu.py measures GPU throughput and VRAM; run it on a GPU machine "
-              "(python bench/gpu.py --check shows the plan)", file=sys.stderr)
+        print(
+            "no CUDA GPU here: bench/gpu.py measures GPU throughput and VRAM; run it on a GPU machine "
+            "(python bench/gpu.py --check shows the plan)",
+            file=sys.stderr,
+        )
         return 2
     if args.worker:
         result = run_worker(args.models[0], args.backends[0], args)

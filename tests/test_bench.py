@@ -1,8 +1,10 @@
-"""The CPU-runnable parts of bench/: argument handling, model shapes, bisection, tables, requirement checks."""
+"""The CPU-runnable parts of bench/: argument handling, model shapes, bisection, tables, requirement checks, and
+every CPU variant starting through the library's own options."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,9 +30,14 @@ def test_cpu_args_defaults_and_quick():
     assert quick.models == ["tiny"] and quick.variants == cpu.QUICK_VARIANTS
     assert cpu.examples_for("tiny", quick) == cpu.QUICK_EXAMPLES["tiny"]
     assert cpu.examples_for("tiny", cpu.parse_args(["--examples", "24"])) == 24
+    smoke = cpu.parse_args(["--smoke"])
+    assert smoke.models == ["tiny"] and smoke.variants == list(cpu.VARIANTS)
+    assert cpu.examples_for("tiny", smoke) == cpu.SMOKE_EXAMPLES == cpu.BATCH * cpu.ACCUM  # one optimizer step
 
 
-@pytest.mark.parametrize("argv", [["--variants", "pipeline,fast"], ["--models", "huge"], ["--examples", "4"], ["--threads", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--variants", "pipeline,fast"], ["--models", "huge"], ["--examples", "4"], ["--threads", "0"]]
+)
 def test_cpu_args_refuse_bad_values(argv, capsys):
     with pytest.raises(SystemExit) as err:
         cpu.parse_args(argv)
@@ -47,8 +54,16 @@ def test_gpu_args():
     assert args.models == ["9b"] and args.backends == ["transformers"] and args.bisect and args.peak_tflops == 500
 
 
-@pytest.mark.parametrize("argv", [["--models", "7b"], ["--backends", "vllm"], ["--seq-len", "0"],
-                                  ["--bisect-lo", "4096", "--bisect-hi", "1024"], ["--peak-tflops", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--models", "7b"],
+        ["--backends", "vllm"],
+        ["--seq-len", "0"],
+        ["--bisect-lo", "4096", "--bisect-hi", "1024"],
+        ["--peak-tflops", "-1"],
+    ],
+)
 def test_gpu_args_refuse_bad_values(argv):
     with pytest.raises(SystemExit) as err:
         gpu.parse_args(argv)
@@ -77,15 +92,31 @@ def test_small_model_is_10_to_20m_parameters():
 
 def test_gpu_plan_lists_each_model():
     rows = gpu.plan(gpu.parse_args(["--models", "2b"]))
-    assert rows == [{"model": "gemma2-2b", "params": 2_614_341_888, "layers": 26, "hidden": 2304,
-                     "backends": "unsloth, transformers", "seq_len": 2048, "tokens_per_step": 16384}]
+    assert rows == [
+        {
+            "model": "gemma2-2b",
+            "params": 2_614_341_888,
+            "layers": 26,
+            "hidden": 2304,
+            "backends": "unsloth, transformers",
+            "seq_len": 2048,
+            "tokens_per_step": 16384,
+        }
+    ]
 
 
 def test_build_random_model_saves_a_loadable_folder(tmp_path, tiny_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    shape = dict(common.SMALL_SHAPE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    shape = dict(
+        common.SMALL_SHAPE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     path = common.build_random_model(tmp_path / "m", shape, tiny_path, dtype="bfloat16")
     config = AutoConfig.from_pretrained(path)
     assert config.hidden_size == 32 and config.vocab_size == len(AutoTokenizer.from_pretrained(path))
@@ -100,7 +131,7 @@ def test_bisection_finds_the_largest_passing_length():
     for limit in range(1024, 9000, 333):
         calls = []
 
-        def try_fn(n, limit=limit):
+        def try_fn(n, limit=limit, calls=calls):
             calls.append(n)
             return n <= limit
 
@@ -146,8 +177,22 @@ def test_bisection_on_a_tiny_model_on_cpu(tmp_path, tiny_path, one_thread):
 
     from unsloth_sft.model import load_model
 
-    args = gpu.parse_args(["--batch", "2", "--grad-accum", "1", "--lora-r", "4", "--optim", "adamw_torch",
-                           "--steps", "1", "--warmup-steps", "0"])
+    args = gpu.parse_args(
+        [
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lora-r",
+            "4",
+            "--optim",
+            "adamw_torch",
+            "--steps",
+            "1",
+            "--warmup-steps",
+            "0",
+        ]
+    )
     cfg = gpu.bench_config(tiny_path, "transformers", 256, args, tmp_path, load_in_4bit=False)
     loaded = load_model(cfg)
     timer = gpu.train_steps(loaded, cfg, 32, steps=2)
@@ -224,27 +269,69 @@ def test_markdown_table():
 
 
 def _row(variant, tok_s, cpu_tok_s, pad=0.1):
-    return {"variant": variant, "tokens_per_s": tok_s, "tokens_per_cpu_s": cpu_tok_s, "padding_fraction": pad,
-            "supervised_per_s": tok_s / 3, "pass_s": 10.0, "time_to_first_step_s": 12.0, "prep_s": 0.3,
-            "prep_pct_of_run": 1.0, "peak_rss_mb": 700.0, "steps": 20, "total_params": 299072,
-            "trainable_params": 32768, "real_tokens": 56034}
+    return {
+        "variant": variant,
+        "tokens_per_s": tok_s,
+        "tokens_per_cpu_s": cpu_tok_s,
+        "padding_fraction": pad,
+        "supervised_per_s": tok_s / 3,
+        "pass_s": 10.0,
+        "time_to_first_step_s": 12.0,
+        "prep_s": 0.3,
+        "prep_pct_of_run": 1.0,
+        "peak_rss_mb": 700.0,
+        "steps": 20,
+        "total_params": 299072,
+        "trainable_params": 32768,
+        "real_tokens": 56034,
+    }
 
 
 def test_cpu_ratios_targets_and_markdown():
-    rows = [_row("pipeline", 3000, 5000), _row("pipeline-grouped", 3600, 5400, 0.01), _row("naive", 1200, 2000, 0.66),
-            _row("trl", 3100, 4900)]
+    rows = [
+        _row("pipeline", 3000, 5000),
+        _row("pipeline-grouped", 3600, 5400, 0.01),
+        _row("naive", 1200, 2000, 0.66),
+        _row("trl", 3100, 4900),
+    ]
     cpu.add_ratios(rows)
-    assert rows[0]["vs_naive"] == 2.5 and rows[0]["vs_naive_cpu"] == 2.5 and rows[0]["vs_trl"] == pytest.approx(0.968, abs=1e-3)
+    assert (
+        rows[0]["vs_naive"] == 2.5
+        and rows[0]["vs_naive_cpu"] == 2.5
+        and rows[0]["vs_trl"] == pytest.approx(0.968, abs=1e-3)
+    )
     t = cpu.targets(rows)
     assert t["best_pipeline_variant"] == "pipeline-grouped"
     assert t["defaults_vs_naive_met"] and not t["defaults_vs_trl_met"] and t["defaults_vs_trl_cpu_met"]
     assert t["best_vs_trl_met"] and t["defaults_prep_met"]
-    results = {"device": "CPU, 2 cores", "command": "python bench/cpu.py", "wall_s": 600.0,
-               "models": {"tiny": {"examples": 160, "total_params": 299072, "trainable_params": 32768,
-                                   "real_tokens": 56034, "rows": rows, "targets": t}},
-               "prep": {"examples": 100, "uncached_s": 0.2, "uncached_cpu_s": 0.1, "render_only_s": 0.05,
-                        "render_only_cpu_s": 0.04, "tokenizer_only_s": 0.1, "tokenizer_only_cpu_s": 0.05,
-                        "labels_loop_s": 0.02, "labels_loop_cpu_s": 0.01, "cached_s": 0.001, "cached_cpu_s": 0.001}}
+    results = {
+        "device": "CPU, 2 cores",
+        "command": "python bench/cpu.py",
+        "wall_s": 600.0,
+        "models": {
+            "tiny": {
+                "examples": 160,
+                "total_params": 299072,
+                "trainable_params": 32768,
+                "real_tokens": 56034,
+                "rows": rows,
+                "targets": t,
+            }
+        },
+        "prep": {
+            "examples": 100,
+            "uncached_s": 0.2,
+            "uncached_cpu_s": 0.1,
+            "render_only_s": 0.05,
+            "render_only_cpu_s": 0.04,
+            "tokenizer_only_s": 0.1,
+            "tokenizer_only_cpu_s": 0.05,
+            "labels_loop_s": 0.02,
+            "labels_loop_cpu_s": 0.01,
+            "cached_s": 0.001,
+            "cached_cpu_s": 0.001,
+        },
+    }
     md = cpu.render_markdown(results)
     assert "| pipeline-grouped | 3,600 | 3.00 | 1.16 | 5,400 | 2.70 | 1.10 | 1.0 |" in md
     assert "`pipeline` 2.50 / 2.50x naive (target >= 2)" in md
@@ -254,12 +341,31 @@ def test_cpu_ratios_targets_and_markdown():
 def test_gpu_compare_and_markdown():
     rows = [
         {"model": "gemma2-9b", "backend": "unsloth", "tokens_per_s": 3000.0, "peak_reserved_gb": 10.0, "mfu": 0.17},
-        {"model": "gemma2-9b", "backend": "transformers", "tokens_per_s": 1500.0, "peak_reserved_gb": 25.0, "mfu": 0.08},
+        {
+            "model": "gemma2-9b",
+            "backend": "transformers",
+            "tokens_per_s": 1500.0,
+            "peak_reserved_gb": 25.0,
+            "mfu": 0.08,
+        },
     ]
     verdict = gpu.compare(rows)
-    assert verdict == {"speedup_9b": 2.0, "speedup_met": True, "vram_ratio_9b": 0.4, "vram_met": True, "mfu_9b_unsloth": 0.17}
-    md = gpu.render_markdown({"gpu": "NVIDIA H100", "command": "python bench/gpu.py", "rows": rows, "targets": verdict,
-                              "settings": {"seq_len": 2048, "batch": 2, "grad_accum": 4, "lora_r": 16, "optim": "adamw_8bit"}})
+    assert verdict == {
+        "speedup_9b": 2.0,
+        "speedup_met": True,
+        "vram_ratio_9b": 0.4,
+        "vram_met": True,
+        "mfu_9b_unsloth": 0.17,
+    }
+    md = gpu.render_markdown(
+        {
+            "gpu": "NVIDIA H100",
+            "command": "python bench/gpu.py",
+            "rows": rows,
+            "targets": verdict,
+            "settings": {"seq_len": 2048, "batch": 2, "grad_accum": 4, "lora_r": 16, "optim": "adamw_8bit"},
+        }
+    )
     assert "| gemma2-9b | unsloth | 3,000 | 2.00 | 10.00 | 0.40 | 17.0 | - |" in md
     assert "2.0x the transformers backend's tokens/s (target >= 1.9: met)" in md
 
@@ -279,11 +385,74 @@ def test_token_counter_counts_real_padded_and_supervised_tokens():
     import torch
 
     def collate(examples):
-        return {"input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]), "labels": torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]])}
+        return {
+            "input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]),
+            "labels": torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]]),
+        }
 
     counter = common.TokenCounter(collate, pad_token_id=0)
     counter([{}, {}])
     assert (counter.slots, counter.real, counter.supervised, counter.batches) == (8, 5, 3, 1)
+
+
+# ---------------------------------------------------------------- variants and worker processes
+
+
+def test_every_cpu_variant_is_a_library_config(tmp_path, tiny_path):
+    """Each pipeline variant is the library's config plus its own documented options, nothing patched."""
+    for variant, (_, options) in cpu.VARIANTS.items():
+        cfg = cpu.bench_config(variant, tiny_path, tmp_path)
+        assert (cfg.model.load_in_4bit, cfg.model.max_seq_length, cfg.train.max_steps) == (False, cpu.MAX_LENGTH, None)
+        for option in options or []:
+            key, _, value = option.partition("=")
+            section, name = key.split(".")
+            assert str(getattr(getattr(cfg, section), name)).lower() == value, (variant, option)
+    assert cpu.bench_config("pipeline", tiny_path, tmp_path).model.backend == "transformers"
+    assert [v for v in cpu.VARIANTS if cpu.uses_unsloth(v)] == ["pipeline-unsloth"]
+
+
+def test_run_variants_records_a_failing_variant_and_goes_on(monkeypatch):
+    def fake(variant, model, n, threads=1):
+        if variant == "naive":
+            raise RuntimeError("boom")
+        return {"variant": variant, "steps": 1}
+
+    monkeypatch.setattr(cpu, "run_variant", fake)
+    assert cpu.run_variants(["pipeline", "naive", "trl"], "tiny", 8) == [
+        {"variant": "pipeline", "steps": 1},
+        {"variant": "naive", "error": "RuntimeError: boom"},
+        {"variant": "trl", "steps": 1},
+    ]
+    with pytest.raises(RuntimeError):  # one variant (the benchmark itself): the worker fails, the driver reports it
+        cpu.run_variants(["naive"], "tiny", 8)
+
+
+def test_spawn_returns_the_workers_json_or_none(tmp_path, capsys):
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, sys\n"
+        "if sys.argv[1] == 'fail':\n    print('it broke'); sys.exit(3)\n"
+        "open(sys.argv[-1], 'w').write(json.dumps({'got': sys.argv[1]}))\n"
+    )
+    assert common.spawn(script, ["ok"], tmp_path / "a.json", tmp_path / "a.log") == (0, {"got": "ok"})
+    assert common.spawn(script, ["fail"], tmp_path / "b.json", tmp_path / "b.log") == (3, None)
+    out = capsys.readouterr().out
+    assert "FAILED (exit 3)" in out and "it broke" in out
+
+
+@pytest.mark.slow
+def test_every_cpu_variant_starts(tiny_path):
+    """`bench/cpu.py --smoke`: every variant trains one optimizer step on the tiny model (two processes, ~1 min)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "cpu.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=BENCH.parent,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for variant in cpu.VARIANTS:
+        assert f"{variant}: ok (1 optimizer step(s))" in done.stdout, done.stdout[-3000:]
 
 
 def test_cpu_main_validates_before_running(capsys):
