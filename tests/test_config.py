@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from unsloth_sft.config import RunConfig, load_config, save_config
+from unsloth_sft import config
+from unsloth_sft.config import DataConfig, RunConfig, load_config, save_config
 from unsloth_sft.errors import ConfigError, SFTError
 from unsloth_sft.notebooks import notebook_config
 
@@ -166,7 +169,12 @@ def test_dict_overrides():
 
 def test_override_of_null_and_bool_and_float():
     cfg = load_config(
-        overrides=["train.max_steps=null", "train.num_train_epochs=2", "train.packing=true", "train.learning_rate=0.001"]
+        overrides=[
+            "train.max_steps=null",
+            "train.num_train_epochs=2",
+            "train.packing=true",
+            "train.learning_rate=0.001",
+        ]
     )
     assert cfg.train.max_steps is None
     assert cfg.train.num_train_epochs == 2.0 and isinstance(cfg.train.num_train_epochs, float)
@@ -292,6 +300,47 @@ def test_wrong_type_is_refused_naming_the_key(override, fragment):
 def test_wrong_type_message_shows_the_value():
     msg = config_error(load_config, overrides=["train.max_steps=ten"])
     assert "'ten'" in msg and "integer" in msg
+
+
+def test_quoted_number_in_a_file_is_not_guessed(tmp_path):
+    path = write(tmp_path, "p.yaml", 'train:\n  max_steps: "5"\n')
+    msg = config_error(load_config, path)
+    assert str(path) in msg and "train.max_steps" in msg and "'5'" in msg and "integer" in msg
+
+
+@pytest.mark.parametrize(
+    "override, choices",
+    [
+        ("data.task=summarise", config.TASKS),
+        ("data.template=llama", config.TEMPLATES),
+        ("model.backend=torch", config.BACKENDS),
+        ("export.save_methods=[lora, gguff]", config.SAVE_METHODS),
+        ("finetune=adapter", ("lora", "qlora", "full")),
+    ],
+)
+def test_closed_choices_are_listed_in_the_error(override, choices):
+    msg = config_error(load_config, overrides=[override])
+    assert override.split("=")[0] in msg and "one of" in msg
+    assert all(f"'{c}'" in msg for c in choices), msg
+
+
+def test_closed_choice_names_stay_importable():
+    assert config.TASKS[0] == "auto" and "gsm8k" in config.TASKS and "text" in config.TASKS
+    assert config.TEMPLATES == ("auto", "chat", "qa", "alpaca", "plain")
+    assert config.SAVE_METHODS == ("lora", "merged_16bit", "merged_4bit_forced", "gguf")
+    assert config.BACKENDS == ("auto", "unsloth", "transformers")
+    assert "hf_token" in config.SECRET_KEYS
+
+
+def test_sections_built_in_code_are_checked_too():
+    """The schema is the sections' own: a section built or replaced in code is checked like a params file."""
+    assert DataConfig(source="sample:chat", task="chat").task == "chat"
+    with pytest.raises(ValueError):
+        DataConfig(task="summarise")
+    with pytest.raises(ValueError):
+        dataclasses.replace(load_config().train, max_steps="5")
+    cfg = load_config()
+    assert copy.deepcopy(cfg) == cfg and dataclasses.replace(cfg, run_name="x").run_name == "x"
 
 
 @pytest.mark.parametrize("section", ["train", "model", "data", "lora", "eval", "export"])
@@ -509,7 +558,9 @@ def test_secret_in_file_is_refused_without_echoing_it(tmp_path, key):
     assert SECRET not in msg
 
 
-@pytest.mark.parametrize("key", ["token", "hf_token", "hub_token", "export.hub_token", "export.token", "model.hf_token"])
+@pytest.mark.parametrize(
+    "key", ["token", "hf_token", "hub_token", "export.hub_token", "export.token", "model.hf_token"]
+)
 def test_secret_in_override_is_refused_without_echoing_it(key):
     msg = config_error(load_config, overrides=[f"{key}={SECRET}"])
     assert "HF_TOKEN" in msg and SECRET not in msg
@@ -593,7 +644,9 @@ def test_save_load_round_trip(tmp_path):
     assert "संवाद" in path.read_text(encoding="utf-8")  # written as UTF-8 text, not escapes
 
 
-@pytest.mark.parametrize("text", ["line one\nline two", "tab\there", "a\rb", "quote ' and \"", "a\u2028b", ": x", "- y", "007"])
+@pytest.mark.parametrize(
+    "text", ["line one\nline two", "tab\there", "a\rb", "quote ' and \"", "a\u2028b", ": x", "- y", "007"]
+)
 def test_round_trip_of_awkward_text(tmp_path, text):
     cfg = load_config(overrides=[("data.system_prompt", text), ("data.instruction", text)])
     save_config(cfg, tmp_path / "c.yaml")
@@ -613,6 +666,12 @@ def test_params_file_round_trips(tmp_path, path):
     out = tmp_path / "config.yaml"
     save_config(cfg, out)
     assert load_config(out).to_dict() == cfg.to_dict()
+
+
+def test_license_defaults_to_the_base_models():
+    assert load_config().export.license is None  # None: taken from the base model's catalogue entry or card
+    assert load_config(overrides=["export.license=gemma"]).export.license == "gemma"
+    assert "license" in config_error(load_config, overrides=["export.license=[a]"])
 
 
 def test_run_dir():

@@ -1,4 +1,9 @@
-"""One typed config for a run: YAML file -> papermill parameters / dotted overrides -> RunConfig."""
+"""One typed config for a run: YAML file -> papermill parameters / dotted overrides -> RunConfig.
+
+The schema is pydantic dataclasses in strict mode: each field's type, closed choices (`Literal`) and bounds are
+checked when a section is built, and nothing is guessed (YAML `max_steps: "5"` is an error, not 5). The rules
+that tie fields together are small `check_*` functions beside their section; `validate` runs them.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,74 @@ import dataclasses
 import difflib
 import math
 import os
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from unsloth_sft.errors import ConfigError
 
-TASKS = ("auto", "summarization", "gsm8k", "qa", "chat", "instruction", "completion", "text")
-TEMPLATES = ("auto", "chat", "qa", "alpaca", "plain")
-SAVE_METHODS = ("lora", "merged_16bit", "merged_4bit_forced", "gguf")
+Task = Literal["auto", "summarization", "gsm8k", "qa", "chat", "instruction", "completion", "text"]
+Template = Literal["auto", "chat", "qa", "alpaca", "plain"]
+SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf"]
+Backend = Literal["auto", "unsloth", "transformers"]
+Finetune = Literal["lora", "qlora", "full"]
+TASKS: tuple[str, ...] = typing.get_args(Task)
+TEMPLATES: tuple[str, ...] = typing.get_args(Template)
+SAVE_METHODS: tuple[str, ...] = typing.get_args(SaveMethod)
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 # Keys that look like secrets: refused in params files, -p and --set (issue: token from the environment only).
 SECRET_KEYS = ("token", "hf_token", "hub_token", "api_key", "wandb_api_key")
 
 
-@dataclass
+def _yaml11_number(value: Any) -> Any:
+    """YAML 1.1 reads 1e-4 (no dot) as text; Python and YAML 1.2 read a number. Other text stays text (an error)."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
+
+
+def _one_is_a_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value  # a single module name is a list of one; a YAML gotcha
+
+
+def _text_keys(value: Any) -> Any:
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value  # YAML `1: x` has an int key
+
+
+Number = Annotated[float, BeforeValidator(_yaml11_number)]  # an int widens to a float, nothing else is guessed
+Positive = Annotated[Number, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Names = Annotated[list[str], BeforeValidator(_one_is_a_list)]
+SaveMethods = Annotated[list[SaveMethod], BeforeValidator(_one_is_a_list)]
+Columns = Annotated[dict[str, str], BeforeValidator(_text_keys)]
+STRICT = ConfigDict(strict=True)
+
+
+@dataclass(config=STRICT)
 class ModelConfig:
     name: str = "tiny-gemma2"  # Hub id, local folder, or "tiny-gemma2" (built offline, ~200k params)
-    backend: Literal["auto", "unsloth", "transformers"] = "auto"  # auto = unsloth when it imports
-    max_seq_length: int = 2048  # tokens; longer examples are truncated (see `unsloth-sft preview`)
+    backend: Backend = "auto"  # auto = unsloth when it imports
+    max_seq_length: Count = 2048  # tokens; longer examples are truncated (see `unsloth-sft preview`)
     load_in_4bit: bool = True  # NF4 via bitsandbytes: ~4x less weight memory, QLoRA
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs that have it
     trust_remote_code: bool = False  # only for models whose code you have read
 
 
-@dataclass
+@dataclass(config=STRICT)
 class LoraConfig:
     r: int = 16  # rank: 8-64 typical; more = more capacity and memory
     alpha: int = 16  # scaling = alpha / r (or / sqrt(r) with rslora)
-    dropout: float = 0.0  # unsloth is fastest at 0
-    target_modules: list[str] = field(
+    dropout: Number = 0.0  # unsloth is fastest at 0
+    target_modules: Names = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # every linear layer of a Gemma/Llama block
     use_rslora: bool = False  # rank-stabilised scaling, helps at r >= 64
@@ -45,83 +87,118 @@ class LoraConfig:
     use_gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"  # "unsloth": ~30% less VRAM, long context
 
 
-@dataclass
+def check_lora(lora: LoraConfig) -> None:
+    """Bounds of a LoRA section that trains (finetune: full ignores the section, so a zero rank is fine there)."""
+    if lora.r < 1:
+        raise ConfigError(f"lora.r must be >= 1, got {lora.r}; use finetune: full to train without LoRA")
+    if lora.alpha < 1:
+        raise ConfigError(f"lora.alpha must be >= 1, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules:
+        raise ConfigError("lora.target_modules is empty; name the linear layers to adapt (e.g. q_proj, v_proj)")
+
+
+@dataclass(config=STRICT)
 class DataConfig:
     source: str = "sample:hindi-dialogsum"  # sample:NAME | Hub id | .json/.jsonl/.csv/.parquet/.txt path
-    task: str = "auto"  # one of TASKS; auto guesses from the columns
+    task: Task = "auto"  # auto guesses from the columns
     config_name: str | None = None  # Hub dataset subset, e.g. "main" for openai/gsm8k
     split: str = "train"  # training split of the source
     test_split: str | None = None  # None: the source's "test" split if it has one, else carve test_size
-    test_size: float = 0.1  # fraction (<1) or count (>=1) carved from train when there is no test split
-    max_samples: int | None = None  # cap on training examples, for quick runs
-    columns: dict[str, str] = field(default_factory=dict)  # canonical field -> your column, e.g. {dialogue: संवाद}
-    template: str = "auto"  # one of TEMPLATES; auto: chat template for chat-like tasks when the tokenizer has one
+    test_size: Annotated[Number, Field(ge=0)] = 0.1  # fraction (<1) or count (>=1) carved from train if no test split
+    max_samples: Count | None = None  # cap on training examples, for quick runs
+    columns: Columns = field(default_factory=dict)  # canonical field -> your column, e.g. {dialogue: संवाद}
+    template: Template = "auto"  # auto: chat template for chat-like tasks when the tokenizer has one
     instruction: str | None = None  # summarization instruction; None = bilingual default
     system_prompt: str | None = None  # prepended as a system turn (merged into the first user turn for Gemma)
     train_on_completions_only: bool = True  # loss on the answer only; prompt tokens labelled -100
     last_turn_only: bool = False  # chat: train on the last assistant turn only instead of all of them
-    block_size: int = 128  # raw text: tokens per training block
+    block_size: Count = 128  # raw text: tokens per training block
     skip_empty: bool = True  # rows with an empty answer are skipped and counted (False: error)
     cache_tokenized: bool = True  # reuse tokenized rows from ~/.cache/unsloth_sft/tokenized when nothing changed
 
 
-@dataclass
+def check_data(d: DataConfig) -> None:
+    """test_size is a fraction or a whole count, never 2.5 examples."""
+    if d.test_size >= 1 and d.test_size != int(d.test_size):
+        raise ConfigError(f"data.test_size must be a fraction below 1 or a whole count, got {d.test_size}")
+
+
+@dataclass(config=STRICT)
 class TrainConfig:
-    max_steps: int | None = 60  # optimizer steps; None to train by num_train_epochs
-    num_train_epochs: float | None = None  # used only when max_steps is None
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 4  # effective batch = batch x accumulation x processes
-    learning_rate: float = 2e-4  # LoRA: 1e-4..3e-4; full fine-tuning: ~1e-5
-    warmup_steps: int = 5
-    lr_scheduler_type: str = "linear"
+    max_steps: Count | None = 60  # optimizer steps; None to train by num_train_epochs
+    num_train_epochs: Positive | None = None  # used only when max_steps is None
+    per_device_train_batch_size: Count = 2  # examples per forward pass and process
+    gradient_accumulation_steps: Count = 4  # effective batch = batch x accumulation x processes
+    learning_rate: Positive = 2e-4  # LoRA: 1e-4..3e-4; full fine-tuning: ~1e-5
+    warmup_steps: NonNegative = 5  # linear warm-up from 0 to learning_rate
+    lr_scheduler_type: str = "linear"  # any transformers scheduler name (cosine, constant, ...)
     optim: str = "adamw_8bit"  # bitsandbytes 8-bit AdamW; "adamw_torch" where bnb is missing
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 3407
-    logging_steps: int = 1
-    save_steps: int | None = None  # checkpoint every N steps; None: no intermediate checkpoints
-    save_total_limit: int = 2  # keep the newest N checkpoints
-    resume: Literal["auto", "never"] | str = "auto"  # auto: newest complete checkpoint in the run folder
+    weight_decay: Number = 0.01  # AdamW decoupled weight decay
+    max_grad_norm: Number = 1.0  # gradient clipping
+    seed: int = 3407  # weights init (LoRA), data order, dropout
+    logging_steps: Count = 1  # log the loss every N optimizer steps
+    save_steps: Count | None = None  # checkpoint every N steps; None: no intermediate checkpoints
+    save_total_limit: Count = 2  # keep the newest N checkpoints
+    resume: str = "auto"  # "auto": newest complete checkpoint in the run folder; "never"; or a checkpoint path
     packing: bool = False  # pack rows into max_seq_length; pays off with flash-attention (GPU), slower on CPU
     padding_free: bool = False  # no pad tokens at all; needs flash-attention-style kernels on GPU
     group_by_length: bool = True  # batch similar lengths together: padding 14.5% -> 1.4%, +45% tok/s (bench/)
     bf16: bool | None = None  # None: on when the GPU supports it; always off on CPU
-    report_to: list[str] = field(default_factory=lambda: ["none"])  # tensorboard, wandb, mlflow ...
-    dataset_num_proc: int | None = None  # processes for tokenization; None = in-process
+    report_to: Names = field(default_factory=lambda: ["none"])  # tensorboard, wandb, mlflow ...
+    dataset_num_proc: Count | None = None  # processes for tokenization; None = in-process
     ddp_find_unused_parameters: bool = False  # LoRA leaves no unused parameters: False is faster
     stop_on_nan: bool = True  # stop with the step number when the loss is NaN/inf
 
 
-@dataclass
+def check_train(t: TrainConfig) -> None:
+    """A run needs a length: steps or epochs."""
+    if t.max_steps is None and t.num_train_epochs is None:
+        raise ConfigError(
+            "train.max_steps and train.num_train_epochs are both unset; set one (e.g. train.max_steps=60)"
+        )
+
+
+@dataclass(config=STRICT)
 class EvalConfig:
-    max_new_tokens: int = 64
-    batch_size: int = 8  # prompts per generate() call (left padded)
+    max_new_tokens: Count = 64  # generated tokens per test prompt
+    batch_size: Count = 8  # prompts per generate() call (left padded)
     do_sample: bool = False  # greedy by default: comparable base vs tuned outputs
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    num_examples: int | None = None  # test examples to generate for; None = all
-    num_shots: int = 0  # gsm8k: 0 or 1 worked example in the base model's prompt
+    temperature: Number = 1.0  # sampling only
+    top_k: int = 50  # sampling only
+    top_p: Number = 1.0  # sampling only
+    no_repeat_ngram_size: int = 0  # 0 = off
+    repetition_penalty: Number = 1.0  # 1.0 = off
+    num_examples: Count | None = None  # test examples to generate for; None = all
+    num_shots: Annotated[int, Field(ge=0, le=1)] = 0  # gsm8k: 0 or 1 worked example in the base model's prompt
     compare_base: bool = True  # also generate with the base model
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ExportConfig:
-    save_methods: list[str] = field(default_factory=lambda: ["lora", "merged_16bit"])  # of SAVE_METHODS
+    save_methods: SaveMethods = field(default_factory=lambda: ["lora", "merged_16bit"])  # adapter, merged 16-bit
     quantization_method: str = "q4_k_m"  # gguf only
     push_to_hub: str | None = None  # "user/repo"; token from HF_TOKEN or the login cache only
-    private: bool = True
+    private: bool = True  # a pushed repo is private unless set false
     max_shard_size: str = "5GB"  # safetensors shards above this size, with an index file
-    license: str = "other"  # model card licence: set your base model's (e.g. gemma)
+    # model card licence; None = taken from the base model: the packaged-model catalogue or the model's own card,
+    # else 'other'
+    license: str | None = None
 
 
-@dataclass
+def check_export(x: ExportConfig) -> None:
+    """A Hub repo id is user/repo."""
+    repo = x.push_to_hub
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise ConfigError(f"export.push_to_hub '{repo}' must look like user/repo")
+
+
+@dataclass(config=STRICT)
 class RunConfig:
-    run_name: str = "demo"
+    run_name: str = "demo"  # the run's folder name
     output_dir: str = "runs"  # the run folder is output_dir/run_name
-    finetune: Literal["lora", "qlora", "full"] = "lora"  # qlora needs load_in_4bit; full needs it off
+    finetune: Finetune = "lora"  # qlora needs load_in_4bit; full needs it off
     overwrite: bool = False  # replace a finished run of the same name
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -138,78 +215,64 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+SECTIONS = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "export": ExportConfig,
+}
+
+
+def check_names(cfg: RunConfig) -> None:
+    """run_name and output_dir make a folder: neither empty, and run_name one plain name."""
+    for name in ("run_name", "output_dir"):
+        if not getattr(cfg, name).strip():
+            raise ConfigError(f"{name} is empty; give it a folder name")
+    if os.sep in cfg.run_name or cfg.run_name in (".", ".."):
+        raise ConfigError(f"run_name '{cfg.run_name}' must be a plain folder name; put the parent in output_dir")
+
+
+def check_finetune(cfg: RunConfig) -> None:
+    """finetune agrees with the LoRA section, the 4-bit loading and the save methods."""
+    if cfg.finetune != "full":
+        check_lora(cfg.lora)
+    if cfg.finetune == "qlora" and not cfg.model.load_in_4bit:
+        raise ConfigError("finetune: qlora needs model.load_in_4bit: true (or use finetune: lora for 16-bit LoRA)")
+    if cfg.finetune == "full" and cfg.model.load_in_4bit:
+        raise ConfigError("finetune: full cannot train 4-bit weights; set model.load_in_4bit: false")
+    if cfg.finetune == "full" and "lora" in cfg.export.save_methods:
+        raise ConfigError("export.save_methods has 'lora' but finetune is full; use merged_16bit")
+
+
+def check_packing(cfg: RunConfig) -> None:
+    """Packed raw-text blocks must fit a sequence."""
+    d, m = cfg.data, cfg.model
+    if cfg.train.packing and d.task == "text" and d.block_size > m.max_seq_length:
+        raise ConfigError(
+            f"data.block_size {d.block_size} is larger than model.max_seq_length {m.max_seq_length} with packing; "
+            "lower block_size or raise max_seq_length"
+        )
+
+
+def validate(cfg: RunConfig, where: str = "params") -> None:
+    """Refuse impossible combinations before any model loads, with the fix in the message.
+
+    Types, closed choices and bounds were checked when the sections were built; these are the rules between fields.
+    """
+    try:
+        check_names(cfg)
+        check_train(cfg.train)
+        check_finetune(cfg)  # check_lora too, unless full fine-tuning
+        check_data(cfg.data)
+        check_packing(cfg)
+        check_export(cfg.export)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 # ---------------------------------------------------------------- building from plain mappings
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints widen to floats, nothing else is guessed."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as err:
-                errors.append(err)
-        choices = " or ".join(_describe(o) for o in typing.get_args(tp))
-        raise ConfigError(f"{where}: expected {choices}, got {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
-            return value
-        raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if origin is list:
-        if isinstance(value, str):  # a single module name is a list of one; saves a YAML gotcha
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, str, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text; Python and YAML 1.2 read a number
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if number is not None and math.isfinite(number):
-                return number
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + str(list(typing.get_args(tp)))
-    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, _type_name(tp)
-    )
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -217,7 +280,8 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
 
-def _check_secret(key: str, where: str) -> None:
+def check_secret(key: str, where: str) -> None:
+    """Refuse a key that looks like a secret (the value is never echoed): tokens come from the environment."""
     if key.lower() in SECRET_KEYS or key.lower().endswith("_token"):
         raise ConfigError(
             f"{where}: a token does not belong in params; remove it and set the HF_TOKEN environment "
@@ -225,28 +289,80 @@ def _check_secret(key: str, where: str) -> None:
         )
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+_check_secret = check_secret  # the name notebooks.py imports; new code uses check_secret
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _expected(error: dict) -> str:
+    """What a pydantic error says the value should have been, in the words of this package's messages."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "literal_error":  # ctx: "'a', 'b' or 'c'", or "'a'" alone
+        return f"one of {ctx['expected']}" if " or " in ctx["expected"] else ctx["expected"]
+    if error["type"] in _BOUNDS:
+        return f"a value {_BOUNDS[error['type']]} {next(iter(ctx.values()))}"
+    return _EXPECTED.get(error["type"], error["msg"][:1].lower() + error["msg"][1:])
+
+
+def _dotted(loc: tuple, raw: dict, where: str) -> str:
+    """The dotted key of an error location, e.g. lora.target_modules[1]; a union member's tag is not a key."""
+    path, node = f"{where}.{loc[0]}" if where else str(loc[0]), raw.get(loc[0])
+    for part in loc[1:]:
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path, node = f"{path}[{part}]", node[part]
+        elif isinstance(node, dict) and part in node:
+            path, node = f"{path}.{part}", node[part]
+        else:
+            break  # e.g. 'bool' or "literal['unsloth']": which member of `bool | Literal["unsloth"]` refused it
+    return path
+
+
+def _one_line(err: ValidationError, cls: type, raw: dict, where: str) -> ConfigError:
+    """The first pydantic error as one line: the dotted key, every type it accepts, the value it got."""
+    errors = err.errors()
+    first = errors[0]
+    key = _dotted(first["loc"], raw, where)
+    choices = []
+    for error in errors:
+        if _dotted(error["loc"], raw, where) == key and _expected(error) not in choices:
+            choices.append(_expected(error))
+    hint = typing.get_type_hints(cls).get(first["loc"][0])
+    if len(first["loc"]) == 1 and type(None) in typing.get_args(hint):
+        choices.append("null")
+    return ConfigError(f"{key}: expected {' or '.join(choices)}, got {first['input']!r}")
+
+
+def _build(cls: type, raw: Any, where: str = "") -> Any:
+    """A section (or the RunConfig with its sections) from a plain mapping; the first problem as a ConfigError."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'params'}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         dotted = f"{where}.{key}" if where else str(key)
-        _check_secret(str(key), dotted)
+        check_secret(str(key), dotted)
         if key not in names:
             raise ConfigError(f"unknown key '{dotted}'{_closest(str(key), names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if key == "lora" and value is None:  # `lora: null` means full fine-tuning
-                kwargs["finetune"] = "full"
-                continue
-            kwargs[key] = _build(tp, value, dotted)
+        if cls is not RunConfig or key not in SECTIONS:
+            kwargs[key] = value
+        elif key == "lora" and value is None:  # `lora: null` means full fine-tuning
+            kwargs["finetune"] = "full"
         else:
-            kwargs[key] = _coerce(value, tp, dotted)
-    return cls(**kwargs)
+            kwargs[key] = _build(SECTIONS[key], value, dotted)
+    try:
+        return cls(**kwargs)
+    except ValidationError as err:
+        raise _one_line(err, cls, kwargs, where) from None
 
 
 def _parse_scalar(text: str) -> Any:
@@ -305,7 +421,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train: ...), got a {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (model:, data:, train: ...), got a {type(raw).__name__}"
+        )
     return raw
 
 
@@ -324,92 +442,11 @@ def load_config(
             raw[key] = value
     raw = apply_overrides(raw, overrides or [])
     try:
-        cfg = _build(RunConfig, raw, "")
+        cfg = _build(RunConfig, raw)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     validate(cfg, where)
     return cfg
-
-
-def validate(cfg: RunConfig, where: str = "params") -> None:
-    """Refuse impossible combinations before any model loads, with the fix in the message."""
-
-    def fail(msg: str) -> None:
-        raise ConfigError(f"{where}: {msg}")
-
-    t, d, m, lora = cfg.train, cfg.data, cfg.model, cfg.lora
-    for name in ("run_name", "output_dir"):
-        if not getattr(cfg, name).strip():
-            fail(f"{name} is empty; give it a folder name")
-    if os.sep in cfg.run_name or cfg.run_name in (".", ".."):
-        fail(f"run_name '{cfg.run_name}' must be a plain folder name; put the parent in output_dir")
-    if t.max_steps is None and t.num_train_epochs is None:
-        fail("train.max_steps and train.num_train_epochs are both unset; set one (e.g. train.max_steps=60)")
-    if t.max_steps is not None and t.max_steps < 1:
-        fail(f"train.max_steps must be >= 1, got {t.max_steps}")
-    if t.num_train_epochs is not None and t.num_train_epochs <= 0:
-        fail(f"train.num_train_epochs must be > 0, got {t.num_train_epochs}")
-    positive = {
-        "train.per_device_train_batch_size": t.per_device_train_batch_size,
-        "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "train.logging_steps": t.logging_steps,
-        "train.save_total_limit": t.save_total_limit,
-        "model.max_seq_length": m.max_seq_length,
-        "data.block_size": d.block_size,
-        "eval.max_new_tokens": cfg.eval.max_new_tokens,
-        "eval.batch_size": cfg.eval.batch_size,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            fail(f"{name} must be >= 1, got {value}")
-    if t.dataset_num_proc is not None and t.dataset_num_proc < 1:
-        fail(f"train.dataset_num_proc must be >= 1 or null, got {t.dataset_num_proc}")
-    if t.save_steps is not None and t.save_steps < 1:
-        fail(f"train.save_steps must be >= 1 or null, got {t.save_steps}")
-    if t.learning_rate <= 0:
-        fail(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if t.warmup_steps < 0:
-        fail(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    if cfg.finetune != "full":
-        if lora.r < 1:
-            fail(f"lora.r must be >= 1, got {lora.r}; use finetune: full to train without LoRA")
-        if lora.alpha < 1:
-            fail(f"lora.alpha must be >= 1, got {lora.alpha}")
-        if not 0 <= lora.dropout < 1:
-            fail(f"lora.dropout must be in [0, 1), got {lora.dropout}")
-        if not lora.target_modules:
-            fail("lora.target_modules is empty; name the linear layers to adapt (e.g. q_proj, v_proj)")
-    if cfg.finetune == "qlora" and not m.load_in_4bit:
-        fail("finetune: qlora needs model.load_in_4bit: true (or use finetune: lora for 16-bit LoRA)")
-    if cfg.finetune == "full" and m.load_in_4bit:
-        fail("finetune: full cannot train 4-bit weights; set model.load_in_4bit: false")
-    if d.task not in TASKS:
-        fail(f"data.task '{d.task}' is not one of {', '.join(TASKS)}")
-    if d.template not in TEMPLATES:
-        fail(f"data.template '{d.template}' is not one of {', '.join(TEMPLATES)}")
-    if d.test_size < 0:
-        fail(f"data.test_size must be >= 0, got {d.test_size}")
-    if d.test_size >= 1 and d.test_size != int(d.test_size):
-        fail(f"data.test_size must be a fraction below 1 or a whole count, got {d.test_size}")
-    if d.max_samples is not None and d.max_samples < 1:
-        fail(f"data.max_samples must be >= 1 or null, got {d.max_samples}")
-    if t.packing and d.task == "text" and d.block_size > m.max_seq_length:
-        fail(
-            f"data.block_size {d.block_size} is larger than model.max_seq_length {m.max_seq_length} with packing; "
-            "lower block_size or raise max_seq_length"
-        )
-    if cfg.eval.num_shots not in (0, 1):
-        fail(f"eval.num_shots must be 0 or 1, got {cfg.eval.num_shots}")
-    if cfg.eval.num_examples is not None and cfg.eval.num_examples < 1:
-        fail(f"eval.num_examples must be >= 1 or null, got {cfg.eval.num_examples}")
-    for method in cfg.export.save_methods:
-        if method not in SAVE_METHODS:
-            fail(f"export.save_methods: '{method}' is not one of {', '.join(SAVE_METHODS)}")
-    if cfg.finetune == "full" and "lora" in cfg.export.save_methods:
-        fail("export.save_methods has 'lora' but finetune is full; use merged_16bit")
-    repo = cfg.export.push_to_hub
-    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        fail(f"export.push_to_hub '{repo}' must look like user/repo")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
