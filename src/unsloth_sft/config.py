@@ -54,7 +54,7 @@ def _text_keys(value: Any) -> Any:
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value  # YAML `1: x` has an int key
 
 
-Number = Annotated[float, BeforeValidator(_yaml11_number)]  # an int widens to a float, nothing else is guessed
+Number = Annotated[float, BeforeValidator(_yaml11_number)]  # an int widens to a float; text only if YAML 1.1 missed it
 Positive = Annotated[Number, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
