@@ -52,37 +52,31 @@ _DEFINED = set(dir())
 # %%
 _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
 
-from pathlib import Path
-
 from IPython.display import Image, Markdown, display
 
 from unsloth_sft.evaluate import evaluate_run
-from unsloth_sft.notebooks import notebook_config
+from unsloth_sft.notebooks import notebook_run
 
-cfg = notebook_config(_given, _DEFINED)
-folder = Path(run_dir) if run_dir else cfg.run_dir
-print(f"evaluating {folder} on {cfg.data.source}")
+run, cfg = notebook_run(_given, _DEFINED, run_dir)  # the run's own config.yaml; a recipe given must agree with it
+print(f"evaluating {run} on {cfg.data.source}")
 
 # %% [markdown]
 # ### Base and tuned on the test split
 # The adapter is switched off for the base model's pass, so both passes share one set of weights in memory.
 
 # %%
-result = evaluate_run(cfg, folder)
+result = evaluate_run(cfg, run)
 
 # %% [markdown]
 # ### Metrics, base -> tuned
 
 # %%
 display(Markdown(result["summary"]))
-display(Image(filename=str(folder / "eval" / "metrics.png")))
+display(Image(filename=str(run.eval_dir() / "metrics.png")))
 
 # %% [markdown]
 # ### Examples side by side
 
 # %%
-import json
-
-rows = [json.loads(line) for line in (folder / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-for row in rows[:examples]:
+for row in result["examples"][:examples]:
     display(Markdown(f"**Reference:** {row['reference']}\n\n**Base:** {row['base']}\n\n**Tuned:** {row['tuned']}"))

@@ -23,7 +23,7 @@
 # ```
 # papermill notebooks/infer.ipynb runs/demo/infer.ipynb -f params/demo-cpu.yaml -p prompt "..."
 # ```
-# For many prompts at once: `unsloth-sft infer --model runs/demo/merged --input in.jsonl --output out.jsonl`.
+# For many prompts at once: `unsloth-sft infer --run runs/demo --input in.jsonl --output out.jsonl`.
 
 # %% tags=["parameters"]
 params_file = None  # the recipe that trained the run; unused with papermill -f
@@ -32,7 +32,7 @@ dataset = None  # shortcut for data.source
 max_steps = None  # unused here; accepted so the training parameters can be passed unchanged
 model_name = None  # shortcut for model.name (the base)
 run_dir = None  # the run folder; None for output_dir/run_name
-prompt = None  # the user's text (for summarization: a dialogue); None for the first test example
+prompt = None  # the user's text (summarization: a dialogue; raw text: the start to continue); None: a test example
 run_name = None
 output_dir = None
 finetune = None
@@ -52,20 +52,17 @@ _DEFINED = set(dir())
 # %%
 _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
 
-from pathlib import Path
+from unsloth_sft.infer import load_run_model, prompt_for, run_task
+from unsloth_sft.notebooks import notebook_run
 
-from unsloth_sft.infer import load_run_model, prompt_for
-from unsloth_sft.notebooks import notebook_config
-
-cfg = notebook_config(_given, _DEFINED)
-folder = Path(run_dir) if run_dir else cfg.run_dir
-lm, tokenizer = load_run_model(cfg, folder)
+run, cfg = notebook_run(_given, _DEFINED, run_dir)  # the run's own config.yaml: its task and template
+lm, tokenizer = load_run_model(cfg, run)
 
 # %% [markdown]
 # ### The prompt, as the model sees it
 
 # %%
-text = prompt_for(cfg, tokenizer, prompt)
+text = prompt_for(cfg, tokenizer, prompt, run_task(run, cfg))
 print(text)
 
 # %% [markdown]

@@ -72,7 +72,7 @@ _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before
 import yaml
 from IPython.display import Image, Markdown, display
 
-from unsloth_sft import evaluate, pipeline, preview
+from unsloth_sft import evaluate, pipeline, preview, report
 from unsloth_sft.notebooks import notebook_config, side_by_side
 
 cfg = notebook_config(_given, _DEFINED)
@@ -128,6 +128,11 @@ display(Markdown(side_by_side(references, before, after)))
 
 # %%
 metrics = pipeline.finish(run)
-print(f"run folder: {run.run_dir}")
-print({k: v for k, v in metrics["exported"].items()})
-display(Image(filename=str(run.run_dir / "loss.png")))
+display(Image(filename=str(run.folder.loss_plot)))
+
+# %% [markdown]
+# ### Summary
+# What the run did, where its adapter, merged model and loss curve are, and the commands that come next.
+
+# %%
+print(report.run_summary(run.folder))

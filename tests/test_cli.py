@@ -59,6 +59,18 @@ def out(tmp_path: Path) -> list[str]:
     return ["--set", f"output_dir={tmp_path / 'runs'}", *FAST]
 
 
+def fake_run(folder: Path, *overrides: str, checkpoint: int | None = None) -> Path:
+    """A run folder as training leaves it (config.yaml, an adapter config, optionally a checkpoint), no weights."""
+    from unsloth_sft.config import load_config, save_config
+
+    folder.mkdir(parents=True)
+    save_config(load_config(DEMO, [f"output_dir={folder.parent}", *overrides]), folder / "config.yaml")
+    write(folder / "adapter" / "adapter_config.json", json.dumps({"base_model_name_or_path": "tiny-gemma2"}))
+    if checkpoint is not None:
+        write(folder / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json", json.dumps({"global_step": checkpoint}))
+    return folder
+
+
 # ---------------------------------------------------------------- params
 
 
@@ -161,8 +173,7 @@ def test_bad_sources(capsys, tmp_path):
 def test_eval_needs_a_test_split(capsys, tmp_path):
     rows = "".join(json.dumps({"dialogue": f"d{i}", "summary": f"s{i}"}) + "\n" for i in range(6))
     data = write(tmp_path / "d.jsonl", rows)
-    (tmp_path / "runs" / "demo" / "adapter").mkdir(parents=True)
-    write(tmp_path / "runs" / "demo" / "adapter" / "adapter_config.json", "{}")
+    fake_run(tmp_path / "runs" / "demo")
     assert_bad(capsys, tmp_path, ["eval", str(DEMO), *out(tmp_path), "--set", f"data.source={data}", "--set", "data.test_size=0"],
                "test split is empty", "data.test_size")
 

@@ -17,11 +17,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unsloth-sft", description="Supervised fine-tuning with Unsloth, TRL and peft.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_params(name: str, help: str, before: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    def with_params(name: str, help: str, before: tuple[str, str] | None = None, optional: bool = False):
         s = sub.add_parser(name, help=help)
         if before:  # a positional that comes before PARAMS on the command line
             s.add_argument(before[0], help=before[1])
-        s.add_argument("params", help="a params YAML file (see params/)")
+        s.add_argument("params", nargs="?" if optional else None, help="a params YAML file (see params/)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.max_steps=5 (repeatable)")
         return s
@@ -32,12 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="executed notebook path (default: RUN_DIR/NOTEBOOK)")
     s = with_params("preview", "print formatted examples with the trained span marked")
     s.add_argument("-n", type=int, default=3, help="how many examples")
-    s = with_params("eval", "score the base and the tuned model on the test split")
-    s.add_argument("--run", help="run folder (default: output_dir/run_name from the params)")
+    s = with_params("eval", "score the base and the tuned model on a run's test split (or --data)", optional=True)
+    s.add_argument("--run", help="run folder (default: output_dir/run_name from the params); its config.yaml is used")
+    s.add_argument("--data", help="score on this file instead, every row a test example, shaped as the run's task")
     s = sub.add_parser("infer", help="generate for each line of a JSONL file")
-    s.add_argument("--model", required=True, help="model folder or Hub id")
-    s.add_argument("--adapter", help="LoRA adapter folder")
-    s.add_argument("--input", required=True, help="JSONL: a prompt string, {messages: [...]}, or the dataset's columns")
+    s.add_argument("--run", help="a run folder: its merged model (or base + adapter), task and template")
+    s.add_argument("--model", help="model folder or Hub id (the base, with --adapter)")
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN_DIR/adapter)")
+    s.add_argument("--input", required=True, help="JSONL, one JSON value a line: a \"prompt string\", "
+                   "{\"messages\": [...]}, or the dataset's columns")
     s.add_argument("--output", required=True, help="JSONL to write")
     s.add_argument("--params", help="params YAML whose template and generation settings to use")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -62,54 +65,108 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args) -> int:
+def _load(params: str, overrides: list[str]):
+    """load_config, after a friendlier word for the common slip of passing a data file as the params file."""
     from unsloth_sft.config import load_config
+    from unsloth_sft.errors import ConfigError
+    from unsloth_sft.sources import SUFFIXES
 
+    if Path(params).suffix in SUFFIXES or Path(params).is_dir():
+        raise ConfigError(f"{params} looks like a data file, not a params file: train on it with "
+                          f"`unsloth-sft train params/demo-cpu.yaml --set data.source={params}` "
+                          f"(in a notebook: -p dataset {params})")
+    return load_config(params, overrides)
+
+
+def _summary(folder) -> None:
+    from unsloth_sft.report import run_summary
+    from unsloth_sft.runs import RunDir
+
+    print(run_summary(RunDir(folder)))
+
+
+def _dispatch(args) -> int:
     if args.command == "train":
         from unsloth_sft.pipeline import run_training
 
-        metrics = run_training(load_config(args.params, args.overrides))
-        if os.environ.get("RANK", "0") == "0":  # one summary line per job, not one per process
-            print(json.dumps({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss")}))
+        cfg = _load(args.params, args.overrides)
+        run_training(cfg)
+        if os.environ.get("RANK", "0") == "0":  # one summary per job, not one per process
+            _summary(cfg.run_dir)
         return 0
     if args.command == "notebook":
         from unsloth_sft.notebooks import run_notebook
 
+        cfg = _load(args.params, args.overrides)
         out = run_notebook(args.notebook, args.params, args.overrides, args.output)
         print(f"executed notebook: {out}")
+        _summary(cfg.run_dir)
         return 0
     if args.command == "preview":
         from unsloth_sft.preview import preview
 
-        print(preview(load_config(args.params, args.overrides), n=args.n))
+        print(preview(_load(args.params, args.overrides), n=args.n))
         return 0
     if args.command == "eval":
         from unsloth_sft.evaluate import evaluate_run
+        from unsloth_sft.runconfig import run_from_params
 
-        cfg = load_config(args.params, args.overrides)
-        report = evaluate_run(cfg, Path(args.run) if args.run else cfg.run_dir)
+        if args.params is not None:
+            _load(args.params, args.overrides)  # the data-file check, and a bad params file fails first
+        run, cfg = run_from_params(args.params, args.overrides, args.run, args.data)
+        report = evaluate_run(cfg, run, data_file=args.data)
         print(report["summary"])
         return 0
     if args.command == "infer":
-        from unsloth_sft.infer import infer_file
-
-        cfg = load_config(args.params, args.overrides) if args.params else load_config(None, args.overrides)
-        counts = infer_file(cfg, args.model, args.adapter, Path(args.input), Path(args.output))
-        print(json.dumps(counts))
-        return 1 if counts["failed"] and not counts["written"] else 0
+        return _infer(args)
     if args.command == "export":
         from unsloth_sft.errors import ConfigError
         from unsloth_sft.export import export_run
+        from unsloth_sft.runs import RunDir
 
         if args.token is not None:
             raise ConfigError("--token is refused: a token on the command line lands in shell history and process "
                               "lists; set the HF_TOKEN environment variable (or run `huggingface-cli login`)")
 
-        result = export_run(Path(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private)
+        result = export_run(RunDir(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private)
         print(json.dumps(result))
         return 0
     raise AssertionError(args.command)
 
+
+def _infer(args) -> int:
+    """infer --run RUN (or --model RUN), --model BASE --adapter RUN/adapter, or --model M [--params P]."""
+    from unsloth_sft.config import load_config
+    from unsloth_sft.errors import ConfigError
+    from unsloth_sft.infer import infer_file, run_task
+    from unsloth_sft.runconfig import run_config, run_from_params
+    from unsloth_sft.runs import RunDir
+
+    model, adapter, task = args.model, args.adapter, None
+    if args.run is None and model and (Path(model) / "config.yaml").is_file():
+        args.run, model = model, None  # a run folder given as --model: it is one
+    if args.run is not None:
+        if model or adapter:
+            raise ConfigError("--run takes the model from the run folder; leave out --model and --adapter")
+        run, cfg = run_from_params(args.params, args.overrides, args.run)
+        model, adapter = run.inference_model()
+        task = run_task(run, cfg)
+    elif model is None:
+        raise ConfigError("infer needs --run RUN_DIR, or --model BASE_OR_MERGED (with --adapter for a LoRA adapter)")
+    elif adapter and args.params is None and (Path(adapter).parent / "config.yaml").is_file():
+        run = RunDir(Path(adapter).parent)  # RUN/adapter: the run's task and template, not the library defaults
+        cfg = run_config(run, None, args.overrides)
+        task = run_task(run, cfg)
+    else:
+        cfg = _load(args.params, args.overrides) if args.params else load_config(None, args.overrides)
+    counts = infer_file(cfg, model, adapter, Path(args.input), Path(args.output), task)
+    total = counts["written"] + counts["failed"]
+    if counts["failed"]:
+        print(f"unsloth-sft: {counts['failed']} of {total} input lines failed (listed above); the other "
+              f"{counts['written']} were written to {args.output}", file=sys.stderr)
+        return 1
+    print(f"{counts['written']} answers written to {args.output}")
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,16 @@ DEFAULT_INSTRUCTION = (
     "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
 )
 ROLES = ("system", "user", "assistant")
+# Column headers auto-detection takes for a field besides its own name (any case): synonyms and Hindi headers,
+# so a Hindi summarization file with संवाद / सारांश columns needs no data.columns.
+ALIASES = {
+    "dialogue": ("dialog", "conversation", "transcript", "संवाद", "वार्तालाप", "बातचीत", "डायलॉग"),
+    "summary": ("abstract", "सारांश", "सार", "संक्षेप", "संक्षिप्त", "समरी"),
+    "question": ("प्रश्न", "सवाल"),
+    "answer": ("उत्तर", "जवाब"),
+}
+FIELDS = sorted({f for fields in TASK_FIELDS.values() for f in fields} | {f for fs in OPTIONAL_FIELDS.values() for f in fs})
+MIN_TRAIN_BLOCKS = 8  # raw text: fewer training blocks than one default batch (2 x 4) is not a fine-tune
 
 
 @dataclass
@@ -44,25 +55,62 @@ class PreparedData:
 # ---------------------------------------------------------------- rows -> conversations
 
 
+def _norm(name: str) -> str:
+    return unicodedata.normalize("NFC", str(name)).strip().casefold()
+
+
+def _match(name: str, columns: list[str]) -> str | None:
+    """The column that holds field `name`: its own name, the same in any case, then a known synonym."""
+    if name in columns:
+        return name
+    normed = {_norm(c): c for c in columns}
+    return next((normed[_norm(a)] for a in (name, *ALIASES.get(name, ())) if _norm(a) in normed), None)
+
+
+def check_columns(cfg: DataConfig) -> None:
+    """data.columns maps a task field to a column of the file; a key that is no field is refused, with the fields."""
+    for key, value in cfg.columns.items():
+        if key not in FIELDS:
+            flipped = f"; did you mean data.columns.{value}: {key}?" if value in FIELDS else ""
+            raise DataError(
+                f"data.columns.{key}: '{key}' is not a field; data.columns maps a field to your column, e.g. "
+                f"data.columns.dialogue: Conversation{flipped} (fields: {', '.join(FIELDS)})"
+            )
+
+
 def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str, answer: bool = True) -> dict[str, str]:
-    """Map each canonical field of `task` to a column: data.columns first, then an exact or case-blind match.
+    """Map each canonical field of `task` to a column: data.columns first, then the name in any case or a synonym.
 
     With answer=False (inference), the answer column may be absent.
     """
-    lower = {c.lower(): c for c in columns}
     optional = OPTIONAL_FIELDS.get(task, ()) + (() if answer else (ANSWER_FIELD.get(task),))
     out = {}
     for name in TASK_FIELDS[task] + OPTIONAL_FIELDS.get(task, ()):
-        col = cfg.columns.get(name) or (name if name in columns else lower.get(name))
+        col = cfg.columns.get(name) or _match(name, columns)
         if col is None or col not in columns:
             if name in optional:
                 continue
+            fits = _auto_task(columns, cfg, answer)
+            if cfg.task != "auto" and fits not in (None, task) and name not in cfg.columns:
+                raise DataError(
+                    f"{origin}: columns {', '.join(columns)} look like a {fits} dataset, not {task}; "
+                    f"set data.task: {fits} (--set data.task={fits}), or auto to detect it"
+                )
             raise DataError(
                 f"{origin}: no column '{col or name}' for the {task} field '{name}'; columns are: {', '.join(columns)}; "
                 f"set data.columns.{name} to the column that holds it"
             )
         out[name] = col
     return out
+
+
+def _auto_task(columns: list[str], cfg: DataConfig, answer: bool = True) -> str | None:
+    """The first task whose fields the columns provide (by name, synonym or data.columns), or None."""
+    for task in ("chat", "summarization", "instruction", "completion", "qa", "text"):
+        needed = [f for f in TASK_FIELDS[task] if answer or f != ANSWER_FIELD.get(task)]
+        if all(f in cfg.columns or _match(f, columns) for f in needed):
+            return task
+    return None
 
 
 def detect_task(columns: list[str], cfg: DataConfig, origin: str, answer: bool = True) -> str:
@@ -72,14 +120,13 @@ def detect_task(columns: list[str], cfg: DataConfig, origin: str, answer: bool =
     """
     if cfg.task != "auto":
         return cfg.task
-    have = {c.lower() for c in columns} | set(cfg.columns)
-    for task in ("chat", "summarization", "instruction", "completion", "qa", "text"):
-        if all(f in have for f in TASK_FIELDS[task] if answer or f != ANSWER_FIELD.get(task)):
-            return task
-    raise DataError(
-        f"{origin}: cannot tell the task from columns {', '.join(columns)}; set data.task "
-        f"({', '.join(TASK_FIELDS)}) and data.columns"
-    )
+    task = _auto_task(columns, cfg, answer)
+    if task is None:
+        raise DataError(
+            f"{origin}: cannot tell the task from columns {', '.join(columns)}; set data.task "
+            f"({', '.join(TASK_FIELDS)}) and data.columns"
+        )
+    return task
 
 
 def _check_messages(value: Any, where: str) -> list[dict]:
@@ -229,6 +276,7 @@ def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: Data
 
     import datasets
 
+    from unsloth_sft.quiet import no_progress_bars
     from unsloth_sft.runs import atomic_dir
     from unsloth_sft.tiny import cache_root
 
@@ -241,11 +289,13 @@ def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: Data
     h.update(json.dumps([settings, convs], ensure_ascii=False, sort_keys=True).encode())
     folder = cache_root() / "tokenized" / h.hexdigest()[:24]
     if (folder / "meta.json").is_file():
-        return datasets.load_from_disk(str(folder / "rows")), json.loads((folder / "meta.json").read_text())["truncated"]
+        with no_progress_bars(transformers=False):
+            ds = datasets.load_from_disk(str(folder / "rows"))
+        return ds, json.loads((folder / "meta.json").read_text())["truncated"]
     tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len)
     ds = datasets.Dataset.from_dict(tokens)
     try:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, no_progress_bars(transformers=False):  # a cache write is no news
             ds.save_to_disk(str(tmp / "rows"))
             (tmp / "meta.json").write_text(json.dumps({"truncated": truncated, "examples": len(ds)}))
     except OSError:  # a read-only cache only costs the speed-up
@@ -281,6 +331,7 @@ class Examples:
 def load_examples(cfg: RunConfig) -> Examples:
     """Read the source, split it, detect the task and turn rows into conversations (no tokenizer needed)."""
     d = cfg.data
+    check_columns(d)
     train, test = train_test(d, cfg.train.seed)
     first = train.rows[0]
     if not isinstance(first, dict):
@@ -335,6 +386,17 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
         test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len)[0]
     return PreparedData(ex.task, template, train_ds, test_ds, ex.train_conversations, ex.test_conversations,
                         ex.skipped, truncated)
+
+
+def check_trainable(data: PreparedData, cfg: RunConfig) -> None:
+    """Refuse raw text too short to train on once its test blocks are carved (saying how many went where)."""
+    if data.task == "text" and len(data.train) < MIN_TRAIN_BLOCKS:
+        test = len(data.test) if data.test is not None else 0
+        raise DataError(
+            f"{cfg.data.source}: the text makes {len(data.train) + test} blocks of {cfg.data.block_size} tokens, "
+            f"{test} for test and {len(data.train)} to train on (fewer than {MIN_TRAIN_BLOCKS}); give more text, "
+            "or lower data.block_size or data.test_size"
+        )
 
 
 def prompt_and_reference(tokenizer, conversation: list[dict], template: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 from unsloth_sft.config import EvalConfig, RunConfig
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render, render_prompt, stop_token_ids
+from unsloth_sft.runs import RunDir
 
 
 def generation_kwargs(ecfg: EvalConfig, tokenizer) -> dict[str, Any]:
@@ -123,19 +124,21 @@ def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot:
     return out
 
 
-def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart."""
+def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = None) -> dict[str, Any]:
+    """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart.
+
+    `data_file`: the file `cfg` scores on instead of the run's own test split (see runconfig.run_config); the
+    results then go to eval-NAME/, beside the run's own eval/.
+    """
     from unsloth_sft import metrics as M
     from unsloth_sft.data import load_examples, prepare
-    from unsloth_sft.export import ADAPTER_DIR, MERGED_DIR
     from unsloth_sft.model import load_for_inference
     from unsloth_sft.report import write_eval
 
-    run_dir = Path(run_dir)
-    adapter, merged = run_dir / ADAPTER_DIR, run_dir / MERGED_DIR
-    has_adapter = (adapter / "adapter_config.json").is_file()
-    if not has_adapter and not (merged / "config.json").is_file():
-        raise ModelError(f"{run_dir}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+    run = RunDir.of(run)
+    has_adapter = run.has_adapter
+    if run.kind is None:
+        raise ModelError(f"{run}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
     no_test = DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
     examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
     if examples.task == "text":  # raw text: a test split of its own, or blocks carved after tokenizing
@@ -144,10 +147,10 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         has_test = bool(examples.test_conversations)
     if not has_test:
         raise no_test
-    if has_adapter:
-        model, tokenizer = load_for_inference(cfg.model.name, str(adapter))
+    if has_adapter:  # the base is the same weights with the adapter switched off: one model in memory
+        model, tokenizer = load_for_inference(cfg.model.name, str(run.adapter))
     else:
-        model, tokenizer = load_for_inference(str(merged))
+        model, tokenizer = load_for_inference(str(run.merged))
     data = prepare(cfg, tokenizer, examples)
     if data.test is None or len(data.test) == 0:  # e.g. raw text too short to carve a test block from
         raise no_test
@@ -156,7 +159,8 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     def as_base():
         return model.disable_adapter() if has_adapter else contextlib.nullcontext()
 
-    result: dict[str, Any] = {"task": data.task, "template": data.template, "test_examples": len(data.test)}
+    result: dict[str, Any] = {"task": data.task, "template": data.template, "data": cfg.data.source,
+                              "test_examples": len(data.test)}
     with as_base():
         base_loss = eval_loss(base_model or model, tokenizer, data.test, cfg.eval.batch_size)
     tuned_loss = eval_loss(model, tokenizer, data.test, cfg.eval.batch_size)
@@ -188,6 +192,6 @@ def evaluate_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         if values.get("base") is not None and values.get("tuned") is not None:
             values["delta"] = values["tuned"] - values["base"]
     result["metrics"] = scores
-    summary = write_eval(run_dir / "eval", cfg.run_name, result, rows)
-    result["summary"] = summary
+    result["summary"] = write_eval(run.eval_dir(data_file), cfg.run_name, result, rows)
+    result["examples"] = rows  # after the write: predictions.jsonl has them, metrics.json need not
     return result

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from unsloth_sft.config import RunConfig
 from unsloth_sft.errors import ConfigError, ModelError, RunError
-from unsloth_sft.runs import atomic_dir
-
-ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
+from unsloth_sft.runs import RunDir, atomic_dir
 
 
-def save_adapter(model, tokenizer, run_dir: Path) -> Path:
-    """LoRA adapter + tokenizer (or the whole model for full fine-tuning) into run_dir/adapter, atomically."""
-    target = Path(run_dir) / ADAPTER_DIR
+def save_adapter(model, tokenizer, target: Path) -> Path:
+    """LoRA adapter + tokenizer into `target` (a run's adapter/), atomically."""
+    target = Path(target)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -105,7 +101,7 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
         f"# {cfg.run_name}\n\nA {'LoRA adapter for' if kind == 'lora' else 'fine-tune of'} `{base_model}`, trained "
-        f"with [unsloth-sft](https://github.com/) (TRL `SFTTrainer`{', peft LoRA' if cfg.finetune != 'full' else ''}) "
+        f"with unsloth-sft (TRL `SFTTrainer`{', peft LoRA' if cfg.finetune != 'full' else ''}) "
         f"on `{cfg.data.source}` ({cfg.data.task} task).",
         "## How to load\n\n" + load,
     ]
@@ -156,43 +152,33 @@ def push_folder(folder: Path, repo_id: str, private: bool = True, endpoint: str 
     return str(getattr(info, "commit_url", info))
 
 
-def load_json(path: Path) -> dict[str, Any] | None:
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def export_run(run_dir: Path, methods: list[str], push_to_hub: str | None = None, private: bool = False) -> dict:
+def export_run(run: RunDir | Path, methods: list[str], push_to_hub: str | None = None, private: bool = False) -> dict:
     """Export a finished run folder: lora (already there), merged_16bit (merged now), optional Hub push."""
-    from unsloth_sft.config import load_config
     from unsloth_sft.model import resolve_model_path
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"{run_dir}: no config.yaml, so not a run folder; pass the folder `unsloth-sft train` made")
-    cfg = load_config(run_dir / "config.yaml")
-    adapter = run_dir / ADAPTER_DIR
-    metrics = load_json(run_dir / "metrics.json")
-    eval_metrics = (load_json(run_dir / "eval" / "metrics.json") or {}).get("metrics")
+    run = RunDir.of(run)
+    cfg = run.config()
+    metrics = run.metrics()
+    eval_metrics = (run.eval_metrics() or {}).get("metrics")
     out: dict[str, str] = {}
     for method in methods:
         if method == "lora":
-            if not (adapter / "adapter_config.json").is_file():
-                raise ModelError(f"{run_dir}: no adapter/ in this run (full fine-tuning or unfinished); use merged_16bit")
-            write_card(adapter, model_card(cfg, cfg.model.name, metrics, eval_metrics, "lora"))
-            out["lora"] = str(adapter)
+            if not run.has_adapter:
+                raise ModelError(f"{run}: no adapter/ in this run (full fine-tuning or unfinished); use merged_16bit")
+            write_card(run.adapter, model_card(cfg, cfg.model.name, metrics, eval_metrics, "lora"))
+            out["lora"] = str(run.adapter)
         elif method == "merged_16bit":
-            target = run_dir / MERGED_DIR
-            if (adapter / "adapter_config.json").is_file():
-                merge_adapter(resolve_model_path(cfg.model.name), adapter, target, cfg.export.max_shard_size)
-            elif not (target / "config.json").is_file():
-                raise ModelError(f"{run_dir}: neither adapter/ nor merged/ here; train first")
-            write_card(target, model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged"))
-            out["merged_16bit"] = str(target)
+            if run.has_adapter:
+                merge_adapter(resolve_model_path(cfg.model.name), run.adapter, run.merged, cfg.export.max_shard_size)
+            elif not run.has_merged:
+                raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
+            write_card(run.merged, model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged"))
+            out["merged_16bit"] = str(run.merged)
         elif method in ("merged_4bit_forced", "gguf"):
             unsloth_only(method, "transformers")  # a saved run has no live unsloth model: always explains
         else:
             raise ConfigError(f"--method {method}: not one of lora, merged_16bit, merged_4bit_forced, gguf")
     if push_to_hub:
-        folder = Path(out.get("merged_16bit") or out.get("lora") or adapter)
+        folder = Path(out.get("merged_16bit") or out.get("lora") or run.adapter)
         out["hub"] = push_folder(folder, push_to_hub, private)
     return out

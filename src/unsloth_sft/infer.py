@@ -11,19 +11,16 @@ from unsloth_sft.config import RunConfig
 from unsloth_sft.data import TASK_FIELDS, choose_template, detect_task, load_examples, to_messages
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render_prompt
+from unsloth_sft.runs import RunDir
+
+TEXT_PROMPT_CHARS = 200  # raw-text runs: the infer notebook continues the first test text from this many characters
 
 
-def load_run_model(cfg: RunConfig, run_dir: Path):
+def load_run_model(cfg: RunConfig, run: RunDir | Path):
     """The run's merged model when it has one, else the base with its adapter: (model, tokenizer)."""
-    from unsloth_sft.export import ADAPTER_DIR, MERGED_DIR
     from unsloth_sft.model import load_for_inference
 
-    merged, adapter = Path(run_dir) / MERGED_DIR, Path(run_dir) / ADAPTER_DIR
-    if (merged / "config.json").is_file():
-        return load_for_inference(str(merged))
-    if (adapter / "adapter_config.json").is_file():
-        return load_for_inference(cfg.model.name, str(adapter))
-    raise ModelError(f"{run_dir}: no merged/ or adapter/ model in this run folder; train first (unsloth-sft train)")
+    return load_for_inference(*RunDir.of(run).inference_model())
 
 
 def recipe_task(cfg: RunConfig) -> str:
@@ -31,10 +28,15 @@ def recipe_task(cfg: RunConfig) -> str:
     return cfg.data.task if cfg.data.task != "auto" else load_examples(cfg).task
 
 
+def run_task(run: RunDir, cfg: RunConfig) -> str:
+    """The task a run trained on: metrics.json says it; else the recipe's."""
+    return (run.metrics() or {}).get("task") or recipe_task(cfg)
+
+
 def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[list[dict], str]:
     """A conversation and its task from an input: a string, {"messages": [...]}, or the dataset's own columns."""
     if isinstance(value, str):
-        if task in ("chat", "text"):
+        if task == "chat":
             return [{"role": "user", "content": value}], "chat"
         field = TASK_FIELDS[task][0]
         return to_messages({field: value}, task, {field: field}, cfg.data, where, require_answer=False), task
@@ -43,20 +45,33 @@ def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[lis
     if isinstance(value, dict):
         from unsloth_sft.data import _resolve_columns
 
-        row_task = task if task not in ("chat", "text") else detect_task(list(value), cfg.data, where, answer=False)
+        row_task = task if task != "chat" else detect_task(list(value), cfg.data, where, answer=False)
         cols = _resolve_columns(list(value), cfg.data, row_task, where, answer=False)
         return to_messages(value, row_task, cols, cfg.data, where, require_answer=False), row_task
     raise DataError(f"{where}: expected a string or an object, got {type(value).__name__}")
 
 
-def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None) -> str:
-    """The rendered prompt for `prompt` (None: the recipe's first test example), in the recipe's template."""
-    if prompt is None:
-        examples = load_examples(cfg)
-        messages, kind = (examples.test_conversations or examples.train_conversations)[0], examples.task
-    else:
-        messages, kind = messages_for(prompt, cfg, recipe_task(cfg), "prompt")
+def prompt_text(value: Any, cfg: RunConfig, task: str, tokenizer, where: str) -> str:
+    """The prompt the model continues: raw text for a text run, else the input rendered in the run's template."""
+    if task == "text":  # a raw-text run never saw a chat turn: it continues the text itself
+        text = value.get("text") if isinstance(value, dict) else value
+        if not isinstance(text, str):
+            raise DataError(f"{where}: a raw-text run continues text; give a JSON string or {{\"text\": \"...\"}}")
+        return (tokenizer.bos_token or "") + text  # training blocks start with BOS too (data.text_blocks)
+    messages, kind = messages_for(value, cfg, task, where)
     return render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer))
+
+
+def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None, task: str | None = None) -> str:
+    """The rendered prompt for `prompt` (None: the recipe's first test example), in the recipe's template."""
+    if prompt is not None:
+        return prompt_text(prompt, cfg, task or recipe_task(cfg), tokenizer, "prompt")
+    examples = load_examples(cfg)
+    if examples.task == "text":
+        split = examples.test if examples.test is not None and examples.test.rows else examples.train
+        return prompt_text(split.rows[0][examples.text_column][:TEXT_PROMPT_CHARS], cfg, "text", tokenizer, "prompt")
+    messages = (examples.test_conversations or examples.train_conversations)[0]
+    return render_prompt(tokenizer, messages, choose_template(examples.task, cfg.data, tokenizer))
 
 
 def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
@@ -70,31 +85,47 @@ def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
         try:
             out.append((n, json.loads(line), None))
         except json.JSONDecodeError as err:
-            out.append((n, None, f"{path} line {n}: invalid JSON ({err.msg}); the other lines were still processed"))
+            out.append((n, None, f"{path} line {n}: not JSON ({err.msg}); each line is JSON: a prompt in double "
+                                 'quotes ("Hello, \\"you\\"", newlines as \\n), or an object such as '
+                                 '{"messages": [...]} (json.dumps writes either)'))
     return out
 
 
-def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path) -> dict:
-    """Generate for each input line; lines that fail are reported by number and counted, the rest written."""
+def check_model_arg(model: str) -> None:
+    """An adapter folder passed as --model: say how to pass it instead (before a slow load fails on it)."""
+    folder = Path(model)
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "BASE"
+        raise ModelError(f"--model {model} is a LoRA adapter folder, not a model; use --model {base} --adapter {model}"
+                         f"{' (or --run ' + str(folder.parent) + ')' if (folder.parent / 'config.yaml').is_file() else ''}")
+
+
+def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path,
+               task: str | None = None) -> dict:
+    """Generate for each input line; lines that fail are reported by number and counted, the rest written.
+
+    `task`: the task the model was trained on (None: the recipe's, or chat when its data is not here).
+    """
     from unsloth_sft.evaluate import generate
     from unsloth_sft.model import load_for_inference
     from unsloth_sft.runs import atomic_write_text
 
     if not Path(input_path).is_file():
         raise DataError(f"{input_path}: input file not found")
+    check_model_arg(model_path)
     lines = read_input_lines(Path(input_path))
     model, tokenizer = load_for_inference(model_path, adapter)
-    try:
-        task = recipe_task(cfg)
-    except DataError:  # the recipe's data is not here (a Hub id offline): inputs say what they are
-        task = "chat"
+    if task is None:
+        try:
+            task = recipe_task(cfg)
+        except DataError:  # the recipe's data is not here (a Hub id offline): inputs say what they are
+            task = "chat"
     prompts, kept, failed = [], [], 0
     for n, value, error in lines:
         try:
             if error:
                 raise DataError(error)
-            messages, kind = messages_for(value, cfg, task, f"{input_path} line {n}")
-            prompts.append(render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer)))
+            prompts.append(prompt_text(value, cfg, task, tokenizer, f"{input_path} line {n}"))
             kept.append((n, value))
         except DataError as err:
             failed += 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from unsloth_sft.config import RunConfig, _check_secret, load_config
 from unsloth_sft.errors import ConfigError
+from unsloth_sft.runs import RunDir
 
 SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
 SHORTCUTS = {"dataset": "data.source", "max_steps": "train.max_steps", "model_name": "model.name"}
@@ -24,11 +25,21 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
         _check_secret(name, f"notebook parameter '{name}'")
     if unknown:
         raise ConfigError(f"unknown notebook parameter(s): {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
+    params = _sections(namespace)
+    # papermill -f gives the sections themselves: then a params_file would only leak keys the recipe left out.
+    params_file = None if params else namespace.get("params_file") or None
+    return load_config(params_file, overrides=notebook_overrides(namespace), params=params)
+
+
+def _sections(namespace: dict[str, Any]) -> dict[str, Any]:
     params = {k: namespace[k] for k in SECTIONS if namespace.get(k) not in (None, {})}
     if "lora" in namespace and namespace["lora"] is None:
         params["lora"] = None
-    # papermill -f gives the sections themselves: then a params_file would only leak keys the recipe left out.
-    params_file = None if params else namespace.get("params_file") or None
+    return params
+
+
+def notebook_overrides(namespace: dict[str, Any]) -> list:
+    """The explicit changes a notebook run was given: `overrides`, then the -p shortcuts as (key, value) pairs."""
     overrides = namespace.get("overrides") or []
     if isinstance(overrides, str):  # papermill -p passes text: '["a.b=1", "c.d=2"]' or one 'a.b=1'
         import yaml
@@ -36,9 +47,19 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
         overrides = yaml.safe_load(overrides) if overrides.lstrip().startswith("[") else [overrides]
     if not isinstance(overrides, list):
         raise ConfigError(f"overrides: expected a list like [\"train.max_steps=5\"], got {overrides!r}")
-    overrides = [str(o) for o in overrides]
     shortcuts = [(path, namespace[name]) for name, path in SHORTCUTS.items() if namespace.get(name) is not None]
-    return load_config(params_file, overrides=overrides + shortcuts, params=params)
+    return [str(o) for o in overrides] + shortcuts
+
+
+def notebook_run(namespace: dict[str, Any], defined: set[str], run_dir: str | None = None) -> tuple[RunDir, RunConfig]:
+    """For the evaluate and infer notebooks: the run folder (run_dir, else output_dir/run_name) and the config
+    to use it with: its own config.yaml, which a recipe given as well must agree with (runconfig.run_config)."""
+    from unsloth_sft.runconfig import run_config
+
+    given = notebook_config(namespace, defined)
+    recipe = bool(_sections(namespace) or namespace.get("params_file"))  # else `given` is only the defaults
+    run = RunDir(run_dir or given.run_dir)
+    return run, run_config(run, given if recipe else None, notebook_overrides(namespace), where="notebook parameters")
 
 
 def side_by_side(prompts_refs: list[tuple[str, str]], before: list[str], after: list[str]) -> str:

@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig, save_config
-from unsloth_sft.data import PreparedData, load_examples, prepare
+from unsloth_sft.data import PreparedData, check_trainable, load_examples, prepare
+from unsloth_sft.distributed import (
+    check_launch,
+    from_main,
+    init_distributed,
+    is_main_process,
+    main_first,
+    save_sharded,
+    world_size,
+)
 from unsloth_sft.export import (
-    ADAPTER_DIR,
-    MERGED_DIR,
     export_unsloth,
     merge_adapter,
     model_card,
@@ -21,16 +28,8 @@ from unsloth_sft.export import (
     write_card,
 )
 from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
-from unsloth_sft.runs import check_run_dir, prepare_run_dir, write_json
-from unsloth_sft.distributed import (
-    check_launch,
-    from_main,
-    init_distributed,
-    is_main_process,
-    main_first,
-    save_sharded,
-    world_size,
-)
+from unsloth_sft.quiet import import_backend, no_progress_bars
+from unsloth_sft.runs import RunDir, write_json
 from unsloth_sft.tracking import trackers
 from unsloth_sft.train import build_trainer, environment, loss_history, plot_loss, train
 
@@ -38,49 +37,64 @@ from unsloth_sft.train import build_trainer, environment, loss_history, plot_los
 @dataclass
 class Run:
     cfg: RunConfig
-    run_dir: Path
+    folder: RunDir
     resume_from: Path | None
     loaded: LoadedModel | None = None
     data: PreparedData | None = None
     trainer: Any = None
     metrics: dict | None = None
+    set_aside: Path | None = None  # an overwritten run, kept until this one has finished
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
 
 def start(cfg: RunConfig) -> Run:
-    """Check the run folder (refusing a finished run), save the resolved config, load model and data.
+    """Check the run folder (refusing a finished run or a mismatched resume), load data and model, save the config.
 
     With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
+    folder = RunDir(cfg.run_dir)
+    # Everything that can be wrong with the input fails here, before a byte is written: the run folder
+    # (finished? resumable with this config? writable?), the data (read and shaped without a tokenizer, so
+    # before a slow model load), then the model and the tokenized data.
+    if is_main_process():
+        folder.check(cfg)
+    examples = load_examples(cfg)
+    import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, the model path)
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
     init_distributed()
-    run_dir = cfg.run_dir
-    # Everything that can be wrong with the input fails here, before a byte is written: the run folder
-    # (finished? writable?), the data (read and shaped without a tokenizer, so before a slow model load),
-    # then the model and the tokenized data.
-    if is_main_process():
-        check_run_dir(run_dir, cfg.overwrite)
-    examples = load_examples(cfg)
     with main_first():  # the tiny model is built once, by rank 0; the others then read it
         resolve_model_path(cfg.model.name)
-    loaded = load_model(cfg)
-    data = prepare(cfg, loaded.tokenizer, examples)
-    resume_from = None
+    with no_progress_bars():  # a bad target_modules or max_seq_length stays the only line on stderr
+        loaded = load_model(cfg)
+        data = prepare(cfg, loaded.tokenizer, examples)
+    check_trainable(data, cfg)
+    resume_from = aside = None
     if is_main_process():
-        resume_from = prepare_run_dir(run_dir, cfg.overwrite, cfg.train.resume)
-        save_config(cfg, run_dir / ".config.yaml.tmp")
-        (run_dir / ".config.yaml.tmp").replace(run_dir / "config.yaml")
-        write_json(run_dir / "environment.json", environment())
+        resume_from, aside = folder.prepare(cfg)
+        save_config(cfg, folder / ".config.yaml.tmp")
+        (folder / ".config.yaml.tmp").replace(folder.config_file)
+        write_json(folder.environment_file, environment())
     resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
-    run = Run(cfg, run_dir, resume_from, loaded, data)
+    run = Run(cfg, folder, resume_from, loaded, data, set_aside=aside)
     if is_main_process():
         lm = run.loaded
         print(f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
               f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)")
-        d = run.data
-        print(f"data: {d.task} task, {d.template} template, {len(d.train)} train / {len(d.test) if d.test else 0} test"
-              f" examples, {d.skipped} skipped (empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens")
+        print(f"data: {data_line(run.data, cfg)}")
     return run
+
+
+def data_line(d: PreparedData, cfg: RunConfig) -> str:
+    """One line on what training will see: task, template, examples (or raw-text blocks) per split."""
+    test = len(d.test) if d.test is not None else 0
+    if d.task == "text":
+        return f"text task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
+    return (f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
+            f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens")
 
 
 def fit(run: Run) -> dict:
@@ -113,40 +127,41 @@ def finish(run: Run) -> dict:
 
     Rank 0 writes everything; the other ranks only join the weight gather of FSDP / ZeRO-3, then return.
     """
-    cfg, lm = run.cfg, run.loaded
-    target = run.run_dir / (MERGED_DIR if cfg.finetune == "full" else ADAPTER_DIR)
+    cfg, lm, folder = run.cfg, run.loaded, run.folder
+    target = folder.merged if cfg.finetune == "full" else folder.adapter
     sharded = save_sharded(run.trainer, target, lm.tokenizer)  # FSDP / ZeRO-3 only; a collective, so before the return
     if not is_main_process():
         return run.metrics
     history = loss_history(run.trainer)
-    write_json(run.run_dir / "loss_history.json", {"history": history})
+    write_json(folder.loss_history, {"history": history})
     if history:
-        plot_loss(history, run.run_dir / "loss.png", title=f"{cfg.run_name}: training loss")
+        plot_loss(history, folder.loss_plot, title=f"{cfg.run_name}: training loss")
     base_name = cfg.model.name
     methods = cfg.export.save_methods
     exported = {}
     if cfg.finetune != "full":
-        path = sharded or save_adapter(lm.model, lm.tokenizer, run.run_dir)
+        path = sharded or save_adapter(lm.model, lm.tokenizer, folder.adapter)
         write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"))
         exported["lora"] = str(path)
         if "merged_16bit" in methods:
-            path = merge_adapter(lm.path, path, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
+            path = merge_adapter(lm.path, path, folder.merged, cfg.export.max_shard_size)
             write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
             exported["merged_16bit"] = str(path)
     else:
-        path = sharded or save_full(lm.model, lm.tokenizer, run.run_dir / MERGED_DIR, cfg.export.max_shard_size)
+        path = sharded or save_full(lm.model, lm.tokenizer, folder.merged, cfg.export.max_shard_size)
         write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
         exported["merged_16bit"] = str(path)
     for method in ("merged_4bit_forced", "gguf"):
         if method in methods:
             unsloth_only(method, lm.backend)
-            exported[method] = str(export_unsloth(lm.model, lm.tokenizer, method, run.run_dir / method,
+            exported[method] = str(export_unsloth(lm.model, lm.tokenizer, method, folder / method,
                                                   cfg.export.quantization_method))
     if cfg.export.push_to_hub:
-        folder = Path(exported.get("merged_16bit") or exported["lora"])
-        exported["hub"] = push_folder(folder, cfg.export.push_to_hub, cfg.export.private)
+        pushed = Path(exported.get("merged_16bit") or exported["lora"])
+        exported["hub"] = push_folder(pushed, cfg.export.push_to_hub, cfg.export.private)
     run.metrics["exported"] = exported
-    write_json(run.run_dir / "metrics.json", run.metrics)
+    write_json(folder.metrics_file, run.metrics)
+    RunDir.drop(run.set_aside)  # the new run is complete: the one it replaced can go
     return run.metrics
 
 
@@ -157,4 +172,4 @@ def run_training(cfg: RunConfig) -> dict:
     return finish(run)
 
 
-__all__ = ["ADAPTER_DIR", "MERGED_DIR", "Run", "finish", "fit", "run_training", "start"]
+__all__ = ["Run", "data_line", "finish", "fit", "run_training", "start"]

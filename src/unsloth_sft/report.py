@@ -1,12 +1,17 @@
-"""Evaluation outputs: predictions.jsonl, metrics.json, report.md and a bar chart, written as one folder."""
+"""Reports: the eval folder (predictions, metrics, report.md, chart) and the few lines that end a run."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.runs import atomic_dir
+from unsloth_sft.runs import RunDir, atomic_dir
+
+# The one metric the run summary shows per task (all of them are in eval/metrics.json and report.md).
+HEADLINE = {"summarization": "rougeL", "gsm8k": "exact_match", "qa": "rougeL", "chat": "chrf++",
+            "instruction": "rougeL", "completion": "rougeL", "text": "perplexity"}
 
 
 def _fmt(x: Any) -> str:
@@ -67,3 +72,34 @@ def write_eval(folder: Path, run_name: str, result: dict, rows: list[dict], exam
         (tmp / "report.md").write_text(summary + "\n![metrics](metrics.png)\n", encoding="utf-8")
         plot_metrics(scores, tmp / "metrics.png", f"{run_name}: base vs tuned")
     return table
+
+
+def _memory(report: dict) -> str:
+    if "gpu_peak_reserved_gb" in report:
+        return f"peak GPU memory {report['gpu_peak_reserved_gb']} GB of {report['gpu_total_gb']} GB"
+    return f"peak RSS {report.get('peak_rss_mb', '?')} MiB (CPU)"
+
+
+def run_summary(run: RunDir) -> str:
+    """What a run did and where its outputs are, then the commands that come next: a few lines for people."""
+    m = run.metrics()
+    if m is None:
+        return f"{run}: not finished (no {run.metrics_file.name})"
+    first, last = m.get("first_loss"), m.get("last_loss")
+    loss = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no loss logged"
+    resumed = f", resumed at step {m['resumed_at_step']}" if m.get("resumed_at_step") is not None else ""
+    lines = [f"finished {run}: {m.get('steps')} steps in {m.get('runtime_s', 0):.0f} s{resumed}, {loss}, "
+             f"{_memory(m.get('memory') or {})}"]
+    ev = run.eval_metrics()
+    if ev:
+        name = HEADLINE.get(ev.get("task"), "eval_loss")
+        v = ev["metrics"].get(name) or ev["metrics"].get("eval_loss") or {}
+        lines.append(f"eval: {name} {_fmt(v.get('base'))} -> {_fmt(v.get('tuned'))} (base -> tuned)")
+    outputs = [(label, path) for label, path in (("adapter", run.adapter), ("merged", run.merged),
+               ("loss curve", run.loss_plot), ("eval report", run.eval_dir() / "report.md")) if path.exists()]
+    lines += [f"{label}: {path}" for label, path in outputs]
+    r = shlex.quote(str(run))
+    lines += ["next:", f"  unsloth-sft eval --run {r}",
+              f"  unsloth-sft infer --run {r} --input prompts.jsonl --output answers.jsonl",
+              f"  unsloth-sft export {r} --method merged_16bit --push-to-hub USER/REPO"]
+    return "\n".join(lines)

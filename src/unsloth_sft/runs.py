@@ -1,4 +1,4 @@
-"""The run folder: what a finished run looks like, atomic writes, checkpoints to resume from."""
+"""The run folder: `RunDir` owns its file names and answers what it holds; atomic writes; safe resume and overwrite."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
-from unsloth_sft.errors import RunError
+from unsloth_sft.errors import ModelError, RunError
+
+CONFIG, METRICS, ENVIRONMENT = "config.yaml", "metrics.json", "environment.json"
+ADAPTER, MERGED, EVAL, CHECKPOINTS = "adapter", "merged", "eval", "checkpoints"
+LOSS_HISTORY, LOSS_PLOT = "loss_history.json", "loss.png"
+FINISHED_MARK = METRICS  # written last, atomically: its presence means the run finished
+# Keys a rerun may change and still resume: they decide logging, saving and what happens after training,
+# never the weights. Any other difference (model, data, template, LoRA, optimizer, seed...) refuses to resume.
+RESUMABLE_CHANGES = (
+    "run_name", "output_dir", "overwrite", "train.resume", "train.logging_steps", "train.save_steps",
+    "train.save_total_limit", "train.report_to", "train.dataset_num_proc", "train.stop_on_nan",
+    "data.cache_tokenized", "eval.*", "export.*",
+)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,65 +34,237 @@ def _umask() -> int:
     return mask
 
 
-FINISHED_MARK = "metrics.json"  # written last, atomically: its presence means the run finished
-CHECKPOINTS = "checkpoints"
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "columns":  # data.columns is one value: a mapping
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / FINISHED_MARK).is_file()
+def _may_change(key: str) -> bool:
+    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE_CHANGES)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose trainer_state.json was written (transformers writes it last)."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    found = []
-    for child in folder.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", child.name)
-        if m and (child / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), child))
-    return max(found)[1] if found else None
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys that shape training and differ between a saved config and a new one, as `key: old -> new`.
+
+    A key only one side has (the schema changed between versions) is not a difference.
+    """
+    old, now = flatten(saved), flatten(new)
+    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(old.keys() & now.keys())
+            if not _may_change(k) and old[k] != now[k]]
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a finished run (unless overwrite) or a place that cannot hold a folder; creates nothing."""
-    run_dir = Path(run_dir)
-    if is_finished(run_dir) and not overwrite:
-        raise RunError(
-            f"{run_dir} holds a finished run; set overwrite: true (or --set overwrite=true) to replace it, "
-            "or choose another run_name"
-        )
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "a file is in the way" if existing.exists() and not existing.is_dir() else "not writable"
-        raise RunError(f"{run_dir}: cannot write here ({why}: {existing}); choose a writable output_dir")
+class RunDir:
+    """One run folder (output_dir/run_name): what it holds, where each file goes, whether it finished."""
 
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: str) -> Path | None:
-    """Make the run folder; refuse a finished run unless overwrite; return the checkpoint to resume from."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, overwrite)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"{run_dir}: cannot write here ({err.strerror}); choose a writable output_dir") from None
-    if overwrite and is_finished(run_dir):
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # a fresh run must not resume the old one
-        return None
-    if resume == "never":
-        return None
-    if resume != "auto":
+    @classmethod
+    def of(cls, folder: RunDir | str | os.PathLike) -> RunDir:
+        return folder if isinstance(folder, RunDir) else cls(folder)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and self.path == other.path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------ where things are
+
+    config_file = property(lambda self: self.path / CONFIG)
+    metrics_file = property(lambda self: self.path / METRICS)
+    environment_file = property(lambda self: self.path / ENVIRONMENT)
+    adapter = property(lambda self: self.path / ADAPTER)
+    merged = property(lambda self: self.path / MERGED)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    loss_history = property(lambda self: self.path / LOSS_HISTORY)
+    loss_plot = property(lambda self: self.path / LOSS_PLOT)
+
+    def eval_dir(self, data: str | None = None) -> Path:
+        """eval/ for the run's own test split; eval-NAME/ for another dataset (`eval --data NAME.jsonl`)."""
+        return self.path / (EVAL if data is None else f"{EVAL}-{Path(data).stem or 'data'}")
+
+    # ------------------------------------------------------------ what it holds
+
+    @property
+    def is_finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    @property
+    def has_adapter(self) -> bool:
+        return (self.adapter / "adapter_config.json").is_file()
+
+    @property
+    def has_merged(self) -> bool:
+        return (self.merged / "config.json").is_file()
+
+    @property
+    def kind(self) -> str | None:
+        """"lora" (an adapter, maybe merged too), "full" (a fully fine-tuned model in merged/), or None (no model)."""
+        if self.has_adapter:
+            return "lora"
+        return "full" if self.has_merged else None
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """config.yaml as a plain mapping, or None when the folder has none."""
+        import yaml
+
+        if not self.config_file.is_file():
+            return None
+        return yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+
+    def config(self, overrides: list | None = None, params: dict[str, Any] | None = None):
+        """The RunConfig the run was trained with (config.yaml), with optional overrides on top."""
+        from unsloth_sft.config import load_config
+
+        if not self.config_file.is_file():
+            raise RunError(f"{self.path}: no {CONFIG}, so not a run folder; pass the folder `unsloth-sft train` made")
+        return load_config(self.config_file, overrides or [], params=params)
+
+    @property
+    def base_model(self) -> str | None:
+        """Where the base weights came from: config.yaml's model.name, else the adapter's base_model_name_or_path."""
+        saved = self.saved_config() or {}
+        name = (saved.get("model") or {}).get("name")
+        if name is None and self.has_adapter:
+            name = json.loads((self.adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return name
+
+    def inference_model(self) -> tuple[str, str | None]:
+        """(model, adapter) to generate with: merged/ when the run has it, else the base with adapter/."""
+        if self.has_merged:
+            return str(self.merged), None
+        if self.has_adapter:
+            base = self.base_model
+            if base is None:
+                raise ModelError(f"{self.path}: the adapter names no base model and there is no {CONFIG}")
+            return base, str(self.adapter)
+        raise ModelError(f"{self.path}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+
+    def metrics(self) -> dict[str, Any] | None:
+        return _load_json(self.metrics_file)
+
+    def eval_metrics(self, data: str | None = None) -> dict[str, Any] | None:
+        return _load_json(self.eval_dir(data) / METRICS)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose trainer_state.json was written (transformers writes it last)."""
+        if not self.checkpoints.is_dir():
+            return None
+        found = []
+        for child in self.checkpoints.iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", child.name)
+            if m and (child / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), child))
+        return max(found)[1] if found else None
+
+    # ------------------------------------------------------------ before training: refuse, resume or replace
+
+    def check(self, cfg) -> None:
+        """Everything that can refuse this run, before a byte is written: a finished run (unless overwrite), a
+        checkpoint trained with another config, a place that cannot hold a folder. Creates nothing."""
+        if self.is_finished and not cfg.overwrite:
+            raise RunError(f"{self.path} holds a finished run; set overwrite: true (or --set overwrite=true) to "
+                           "replace it, or choose another run_name")
+        if not cfg.overwrite:
+            self.check_resume(cfg, self.resume_point(cfg.train.resume))
+            stale = self.latest_checkpoint()
+            if cfg.train.resume == "never" and stale is not None:
+                raise RunError(f"{self.path} has checkpoints of an unfinished run (up to {stale.name}) that train.resume: "
+                               "never would mix with this one; set overwrite: true to start over, or resume: auto")
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            why = "a file is in the way" if existing.exists() and not existing.is_dir() else "not writable"
+            raise RunError(f"{self.path}: cannot write here ({why}: {existing}); choose a writable output_dir")
+
+    def resume_point(self, resume: str) -> Path | None:
+        """The checkpoint train.resume names: the newest complete one here (auto), none (never), or a path."""
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return self.latest_checkpoint()
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
             raise RunError(f"train.resume '{resume}': not a complete checkpoint (no trainer_state.json)")
         return path
-    return latest_checkpoint(run_dir)
+
+    def check_resume(self, cfg, checkpoint: Path | None) -> None:
+        """Refuse to resume a checkpoint that another config trained: it would mix two runs in one folder."""
+        if checkpoint is None:
+            return
+        owner = RunDir(checkpoint.parent.parent) if checkpoint.parent.name == CHECKPOINTS else self
+        saved = owner.saved_config()
+        if saved is None:
+            return  # a checkpoint from elsewhere, with nothing to compare: train.resume named it on purpose
+        changes = config_changes(saved, cfg.to_dict())
+        if changes:
+            raise RunError(
+                f"{self.path}: cannot resume {checkpoint.name}, it was trained with another config ("
+                + "; ".join(changes) + "); set overwrite: true (--set overwrite=true) to start this run over, "
+                "or choose another run_name"
+            )
+
+    def prepare(self, cfg) -> tuple[Path | None, Path | None]:
+        """Make the folder for a run: (checkpoint to resume from, where an overwritten run was set aside).
+
+        With overwrite the whole old folder moves aside (.NAME.old-TIME, beside it) and is deleted only once the
+        new run has written metrics.json (`drop`): a crash in between loses neither run.
+        """
+        self.check(cfg)
+        aside = self.set_aside() if cfg.overwrite and self.path.exists() else None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise RunError(f"{self.path}: cannot write here ({err.strerror}); choose a writable output_dir") from None
+        if aside is not None:
+            print(f"overwrite: the previous run is in {aside} until this one finishes")
+        resume_from = self.resume_point(cfg.train.resume)
+        if resume_from is None:
+            self.clear_outputs()
+        return resume_from, aside
+
+    def clear_outputs(self) -> None:
+        """Remove what an unfinished earlier attempt left (models, eval, loss curve): a fresh run writes its own."""
+        for child in self.path.iterdir():
+            stale = child.name in (ADAPTER, MERGED, LOSS_HISTORY, LOSS_PLOT, "merged_4bit_forced", "gguf")
+            if stale or child.name == EVAL or child.name.startswith(f"{EVAL}-"):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def set_aside(self) -> Path:
+        """Rename the folder to a hidden sibling, so a new run starts empty and the old one stays recoverable."""
+        aside = self.path.with_name(f".{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        self.path.rename(aside)
+        return aside
+
+    @staticmethod
+    def drop(aside: Path | None) -> None:
+        """Delete a set-aside run, once the run that replaced it has finished."""
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 @contextlib.contextmanager

@@ -64,8 +64,20 @@ def tiny_model_path() -> Path:
     key = hashlib.sha256(("\n".join(corpus) + recipe).encode()).hexdigest()[:12]
     path = cache_root() / f"{TINY_NAME}-{key}"
     if not (path / "config.json").is_file():
-        build_tiny_model(path, corpus)
+        _build_in_child(path)
     return path
+
+
+def _build_in_child(path: Path) -> None:
+    """Build in a child process, so its transformers import comes before no unsloth import of ours, and its
+    training logs and progress bars stay out of this process's output (a notebook shows one line)."""
+    import subprocess
+    import sys
+
+    print(f"building the tiny model once, into {path} (~30 s)", flush=True)
+    done = subprocess.run([sys.executable, "-m", "unsloth_sft.tiny", str(path)], capture_output=True, text=True)
+    if done.returncode != 0 or not (path / "config.json").is_file():
+        raise RuntimeError(f"building the tiny model failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def build_tiny_model(path: Path, corpus: list[str] | None = None, seed: int = 0) -> Path:
@@ -161,3 +173,9 @@ def pretrain(model, tokenizer, corpus: list[str], seed: int, steps: int = PRETRA
         )
         Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
     model.eval()
+
+
+if __name__ == "__main__":  # `python -m unsloth_sft.tiny FOLDER`: what tiny_model_path runs in a child process
+    import sys
+
+    build_tiny_model(Path(sys.argv[1]))

@@ -6,6 +6,7 @@ batches across ranks (DDP), and only rank 0 writes the run folder (see pipeline.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -13,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig
-from unsloth_sft.errors import RunError
 from unsloth_sft.distributed import gather, is_main_process, world_size
+from unsloth_sft.errors import RunError
 from unsloth_sft.runs import CHECKPOINTS
 from unsloth_sft.tracking import _config_callback, _track_env, trackers
-
 
 
 def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
@@ -136,15 +136,18 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
     nan = _nan_callback() if cfg.train.stop_on_nan else None
     if nan is not None:
         trainer.add_callback(nan)
-    if resume_from is not None and is_main_process():
-        print(f"Resuming from {resume_from}")
+    resumed = {}
+    if resume_from is not None:
+        resumed = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        if is_main_process():
+            print(f"Resuming from {resume_from} (step {resumed.get('global_step')})")
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if nan is not None and nan.bad_step is not None:
         raise RunError(
             f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
             "lower train.learning_rate or check the data"
         )
-    metrics = run_metrics(cfg, trainer, output, memory.report)
+    metrics = run_metrics(cfg, trainer, output, memory.report, resumed)
     metrics["memory_per_rank"] = gather(memory.report)  # collective: every rank reaches it after train()
     if is_main_process() and len(metrics["memory_per_rank"]) > 1:
         from unsloth_sft.memory import format_memory
@@ -154,12 +157,19 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
     return metrics
 
 
-def run_metrics(cfg: RunConfig, trainer, output, memory: dict) -> dict[str, Any]:
-    """Runtime, steps, tokens, loss summary and memory for metrics.json."""
+def run_metrics(cfg: RunConfig, trainer, output, memory: dict, resumed: dict | None = None) -> dict[str, Any]:
+    """Runtime, steps, tokens, loss summary and memory for metrics.json.
+
+    After a resume, runtime and tokens/s cover this process's steps only (`resumed`: the checkpoint's
+    trainer_state), so a rerun that had nothing left to train reports no speed instead of an absurd one.
+    """
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     runtime = output.metrics.get("train_runtime", 0.0)
     tokens = int(state.num_input_tokens_seen or 0)
+    resumed = resumed or {}
+    new_steps = state.global_step - int(resumed.get("global_step") or 0)
+    new_tokens = tokens - int(resumed.get("num_input_tokens_seen") or 0)
     batch = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
     return {
         "run_name": cfg.run_name,
@@ -167,7 +177,9 @@ def run_metrics(cfg: RunConfig, trainer, output, memory: dict) -> dict[str, Any]
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
         "tokens_seen": tokens,
-        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "steps_this_run": new_steps,
+        "resumed_at_step": resumed.get("global_step"),
+        "tokens_per_s": round(new_tokens / runtime, 1) if runtime and new_steps > 0 else None,
         "effective_batch_size": batch * world_size(),
         "processes": world_size(),
         "first_loss": losses[0] if losses else None,
