@@ -185,6 +185,75 @@ def test_infer_bad_input(capsys, tmp_path):
                                   "--output", str(tmp_path / "o.jsonl")], "not a LoRA adapter folder")
 
 
+def test_data_file_given_as_params(capsys, tmp_path):
+    data = write(tmp_path / "mine.jsonl", json.dumps({"dialogue": "a", "summary": "b"}) + "\n")
+    assert_bad(capsys, tmp_path, ["train", str(data)], "looks like a data file", f"--set data.source={data}", "-p dataset")
+
+
+def test_data_columns_keys_are_fields(capsys, tmp_path):
+    line = assert_bad(capsys, tmp_path, ["train", str(DEMO), *out(tmp_path), "--set", "data.columns.Conversation=dialogue"],
+                      "data.columns.Conversation", "did you mean data.columns.dialogue: Conversation", "fields: ")
+    assert "summary" in line and "messages" in line
+
+
+def test_recipe_on_another_data_shape_names_data_task(capsys, tmp_path):
+    """The demo recipe (task: summarization) on question/answer rows: the fix is data.task, not data.columns."""
+    rows = "".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(6))
+    data = write(tmp_path / "qa.jsonl", rows)
+    assert_bad(capsys, tmp_path, ["train", str(DEMO), *out(tmp_path), "--set", f"data.source={data}"],
+               "look like a qa dataset", "--set data.task=qa")
+
+
+def test_hindi_headers_are_detected(tmp_path):
+    from unsloth_sft.config import load_config
+    from unsloth_sft.data import load_examples
+
+    rows = "".join(json.dumps({"वार्तालाप": f"#Person1#: नमस्ते {i}", "सार": f"नमस्ते {i}"}, ensure_ascii=False) + "\n"
+                   for i in range(6))
+    data = write(tmp_path / "hi.jsonl", rows)
+    examples = load_examples(load_config(None, [f"data.source={data}"]))
+    assert examples.task == "summarization" and examples.train_conversations[0][-1]["content"].startswith("नमस्ते")
+
+
+def test_raw_text_too_short_to_train_says_where_blocks_went(capsys, tmp_path):
+    book = write(tmp_path / "short.txt", "The river bent twice before it reached the sea. " * 12)
+    assert_bad(capsys, tmp_path, ["train", str(ROOT / "params/cpu/raw-text.yaml"), *out(tmp_path), "--set",
+                                  f"data.source={book}", "--set", "data.block_size=32"],
+               "blocks of 32 tokens", "for test and", "to train on (fewer than 8)")
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def test_resume_with_another_config(capsys, tmp_path):
+    """Defect 1: same run_name, other data: exit 2 naming the keys and both ways out; nothing resumed or written."""
+    fake_run(tmp_path / "runs" / "demo", *FAST[1::2], checkpoint=2)
+    line = assert_bad(capsys, tmp_path, ["train", str(DEMO), *out(tmp_path), "--set", "data.source=sample:chat",
+                                         "--set", "train.learning_rate=0.001"],
+                      "cannot resume checkpoint-2", "data.source: 'sample:hindi-dialogsum' -> 'sample:chat'",
+                      "train.learning_rate: 0.005 -> 0.001", "overwrite: true", "another run_name")
+    assert "logging_steps" not in line
+
+
+def test_eval_params_that_disagree_with_the_run(capsys, tmp_path):
+    """Defect 3: eval PARAMS on a run trained on other data names the key instead of scoring the wrong data."""
+    fake_run(tmp_path / "runs" / "demo", "data.source=sample:chat", "data.task=chat")
+    assert_bad(capsys, tmp_path, ["eval", str(DEMO), *out(tmp_path)],
+               "data.source is 'sample:hindi-dialogsum'", "trained with 'sample:chat'", "--set data.source=")
+    assert_bad(capsys, tmp_path, ["eval", "--run", str(tmp_path / "nope")], "not a run folder")
+    assert_bad(capsys, tmp_path, ["eval"], "--run RUN_DIR")
+
+
+def test_infer_model_that_is_an_adapter(capsys, tmp_path):
+    run = fake_run(tmp_path / "runs" / "demo")
+    prompts = write(tmp_path / "in.jsonl", '"hello"\n')
+    assert_bad(capsys, tmp_path, ["infer", "--model", str(run / "adapter"), "--input", str(prompts), "--output",
+                                  str(tmp_path / "o.jsonl")],
+               "is a LoRA adapter folder", f"--model tiny-gemma2 --adapter {run / 'adapter'}", f"--run {run}")
+    assert_bad(capsys, tmp_path, ["infer", "--input", str(prompts), "--output", str(tmp_path / "o.jsonl")],
+               "infer needs --run RUN_DIR")
+
+
 # ---------------------------------------------------------------- disk
 
 
@@ -221,6 +290,31 @@ def test_process_exit_code_and_no_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"unsloth-sft: error: {params}: unknown key 'train.max_step'; did you mean 'max_steps'?"]
     assert "torch" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.slow
+def test_bad_input_after_unsloth_loaded_prints_one_line(tmp_path):
+    """Defects 5 and 6: with the unsloth backend, an error found after the model loaded is still the only line on
+    stderr (no import-order warning: unsloth is imported first; no loading bars or kernel notices)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "unsloth-sft"), "train", str(DEMO), "--set",
+                           f"output_dir={tmp_path / 'runs'}", "--set", "lora.target_modules=[q_proj,query_key_value]"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr[-2000:]
+    assert done.stderr.startswith("unsloth-sft: error: lora.target_modules ['query_key_value']")
+    assert "Unsloth should be imported before" not in done.stdout + done.stderr
+    assert "unsloth backend" not in done.stdout or "Unsloth" in done.stdout  # unsloth did load (its notice)
+
+
+def test_preview_prints_no_progress_bars(capsys, tmp_path):
+    """Defect 6: a first preview (the tokenized cache written) shows examples, not "Saving the dataset" bars."""
+    from unsloth_sft.cli import main
+
+    rows = "".join(json.dumps({"dialogue": f"d {i} {tmp_path.name}", "summary": f"s{i}"}) + "\n" for i in range(4))
+    data = write(tmp_path / "d.jsonl", rows)
+    assert main(["preview", str(DEMO), "--set", f"data.source={data}", "-n", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "[[" in captured.out and captured.err == ""
 
 
 @pytest.mark.slow
