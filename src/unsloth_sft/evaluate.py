@@ -73,8 +73,16 @@ def generate(model, tokenizer, prompts: list[str], ecfg: EvalConfig, backend: st
     return outputs
 
 
+LOGITS_BUDGET = 2**26  # float32 logits held at once in eval_loss: 256 MiB (a 262k vocabulary x 256 positions)
+
+
 def eval_loss(model, tokenizer, dataset, batch_size: int = 8) -> float | None:
-    """Mean cross-entropy per trained token (labels != -100) over a tokenized dataset."""
+    """Mean cross-entropy per trained token (labels != -100) over a tokenized dataset.
+
+    Logits are computed only at positions that predict a trained token (`logits_to_keep`), in row chunks
+    that keep them under LOGITS_BUDGET: full logits of a 262k-vocabulary model at batch 8 x 512 tokens
+    would be 4 GiB in float32.
+    """
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -82,20 +90,30 @@ def eval_loss(model, tokenizer, dataset, batch_size: int = 8) -> float | None:
         return None
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total += loss.item()
-            count += int((labels != -100).sum())
+            targets = batch["labels"][:, 1:]
+            keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # positions whose next token is trained
+            if len(keep) == 0:
+                continue
+            chunk = max(1, LOGITS_BUDGET // (len(keep) * vocab))
+            for r in range(0, len(rows), chunk):
+                logits = model(
+                    input_ids=batch["input_ids"][r : r + chunk].to(device),
+                    attention_mask=batch["attention_mask"][r : r + chunk].to(device),
+                    logits_to_keep=keep.to(device),
+                ).logits.float()
+                labels = targets[r : r + chunk][:, keep].to(device)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+                )
+                total += loss.item()
+                count += int((labels != -100).sum())
     return total / count if count else None
 
 

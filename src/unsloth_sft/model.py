@@ -10,6 +10,7 @@ from typing import Any
 
 from unsloth_sft.config import RunConfig
 from unsloth_sft.errors import ModelError
+from unsloth_sft.gguf_models import CATALOGUE, gguf_model_path, is_gguf_name
 from unsloth_sft.tiny import TINY_NAME, tiny_model_path
 
 
@@ -24,16 +25,20 @@ class LoadedModel:
 
 
 def resolve_model_path(name: str) -> str:
-    """A local folder for `name`: the tiny model is built on first use; Hub ids pass through unchanged."""
+    """A local folder for `name`: the tiny model is built and packaged GGUF models converted on first use (then
+    cached); Hub ids pass through unchanged."""
     if name == TINY_NAME:
         return str(tiny_model_path())
+    if is_gguf_name(name):
+        return str(gguf_model_path(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model.name '{name}': folder has no config.json, so it is not a Hugging Face model folder")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelError(f"model.name '{name}': no such folder, and not a Hub id like org/model")
+        raise ModelError(f"model.name '{name}': no such folder, and not a Hub id like org/model, a .gguf file or a "
+                         f"packaged model ({', '.join(CATALOGUE)})")
     return name
 
 
