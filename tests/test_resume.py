@@ -71,16 +71,42 @@ def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
 
 
 def test_finished_run_is_refused_then_overwritten_on_request(tmp_path, capsys):
+    """Defect 2: overwrite replaces the whole folder: a rerun with fewer export methods leaves no stale merged/
+    (which infer would load) and no stale eval/, and the old folder set aside is gone once the new run finished."""
     from unsloth_sft.cli import main
 
     params = _params(tmp_path, "done", max_steps=3, save_steps=None)
-    assert main(["train", str(params)]) == 0
+    assert main(["train", str(params), "--set", "export.save_methods=[lora,merged_16bit]"]) == 0
     run = tmp_path / "done"
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text("{}")
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["train", str(params)]) == 2
     assert "holds a finished run; set overwrite: true" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
-    assert main(["train", str(params), "--set", "overwrite=true"]) == 0
-    assert not list(run.glob(".*tmp*")) and not list(run.glob(".*.old"))
+    assert main(["train", str(params), "--set", "overwrite=true", "--set", "export.save_methods=[lora]"]) == 0
+    assert "the previous run is in" in capsys.readouterr().out
+    assert not (run / "merged").exists() and not (run / "eval").exists()
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert not list(run.glob(".*tmp*")) and not list(run.glob(".*.old")) and not list(tmp_path.glob(".done.old-*"))
     assert (run / "metrics.json").read_bytes() != snapshot[run / "metrics.json"]  # replaced, as asked
+
+
+def test_rerun_with_nothing_left_to_train_reports_no_speed(tmp_path):
+    """Defect 1: a crash after the last checkpoint, then a rerun: it resumes at the end and trains 0 steps; its
+    metrics.json says so instead of claiming a speed (tokens seen before the crash over a 0 s runtime)."""
+    from unsloth_sft.cli import main
+
+    params = _params(tmp_path, "again", max_steps=3, save_steps=3)
+    assert main(["train", str(params)]) == 0
+    (tmp_path / "again" / "metrics.json").unlink()  # as if the process died while saving the adapter
+    assert main(["train", str(params)]) == 0
+    metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["steps_this_run"] == 0 and metrics["resumed_at_step"] == 3
+    assert metrics["tokens_per_s"] is None
+    from safetensors.torch import load_file  # the adapter saved is the checkpoint's, not a fresh initialisation
+
+    saved = load_file(tmp_path / "again" / "adapter" / "adapter_model.safetensors")
+    checkpoint = load_file(tmp_path / "again" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    assert saved.keys() == checkpoint.keys() and all((saved[k] == checkpoint[k]).all() for k in saved)

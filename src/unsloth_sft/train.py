@@ -91,20 +91,37 @@ def _nan_callback():
 
 
 def sft_trainer_class():
-    """TRL's SFTTrainer, or where TRL's Triton loss kernel cannot load (CPU builds of torch) and unsloth has not
-    replaced the trainer, a subclass whose loss is the model's own cross-entropy (TRL 1.15 has no fallback)."""
-    from trl import SFTTrainer
-    from trl.trainer import utils as trl_utils
-
-    if getattr(trl_utils, "_ChunkedLogProbFunction", True) is not None or SFTTrainer.__name__.startswith("Unsloth"):
-        return SFTTrainer
+    """TRL's SFTTrainer (or unsloth's, once unsloth is imported); on a CPU, with logits computed only at trained
+    positions (`trained_positions`) and the model's own loss: TRL 1.15's loss needs Triton, which CPU builds of
+    torch lack, so without this a CPU run would fail unless unsloth had replaced the trainer."""
+    import torch
     from transformers import Trainer
+    from trl import SFTTrainer
 
-    class SFTTrainerWithoutTriton(SFTTrainer):
+    if torch.cuda.is_available():  # unsloth's fused / TRL's chunked losses do better on a GPU
+        return SFTTrainer
+
+    class CPUSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, trained_positions(inputs), return_outputs, num_items_in_batch)
 
-    return SFTTrainerWithoutTriton
+    return CPUSFTTrainer
+
+
+def trained_positions(inputs: dict) -> dict:
+    """A batch whose forward pass computes logits only at positions that predict a trained token.
+
+    The vocabulary projection is most of a small model's compute (Gemma-3 270M: 168M of its 268M parameters
+    are the 262k x 640 embedding it shares with the output), and at prompt positions it only fed labels of
+    -100. transformers' own loss (`shift_labels`, the Trainer's scaling for accumulation and processes) is
+    kept; only the logits it sees shrink. bench/cpu.py measures the difference.
+    """
+    targets = inputs["labels"][:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # one index set for the batch's rows
+    if len(keep) == 0:
+        return inputs
+    picked = targets[:, keep]
+    return {**inputs, "labels": picked, "shift_labels": picked, "logits_to_keep": keep}
 
 
 def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=(), backend=None):
@@ -141,7 +158,12 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
         resumed = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         if is_main_process():
             print(f"Resuming from {resume_from} (step {resumed.get('global_step')})")
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    done = resumed and cfg.train.max_steps is not None and int(resumed.get("global_step") or 0) >= cfg.train.max_steps
+    if done:  # transformers 5.17, resumed at its last step, takes one step beyond max_steps: nothing is left to train
+        output = restore_finished(trainer, Path(resume_from))
+        memory.on_train_end(trainer.args, trainer.state, trainer.control)
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if nan is not None and nan.bad_step is not None:
         raise RunError(
             f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
@@ -155,6 +177,16 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
         for report in metrics["memory_per_rank"]:
             print(format_memory(report))
     return metrics
+
+
+def restore_finished(trainer, checkpoint: Path):
+    """A checkpoint at the run's last step, restored without training: its weights and state, a 0 s runtime."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))  # the adapter (or full) weights, as trainer.train would load them
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return TrainOutput(trainer.state.global_step, None, {"train_runtime": 0.0})
 
 
 def run_metrics(cfg: RunConfig, trainer, output, memory: dict, resumed: dict | None = None) -> dict[str, Any]:
