@@ -120,3 +120,74 @@ def test_eval_with_empty_test_split_is_refused(trained):
     cfg = dataclasses.replace(trained, data=dataclasses.replace(trained.data, source="sample:tiny-book", task="summarization"))
     with pytest.raises(DataError):
         evaluate_run(cfg, cfg.run_dir)
+
+
+def test_eval_of_a_run_folder_alone(trained, capsys):
+    """Defect 3: `eval --run RUN_DIR` needs no params file: the run's config.yaml says what to score."""
+    from unsloth_sft.cli import main
+
+    assert main(["eval", "--run", str(trained.run_dir)]) == 0
+    saved = json.loads((trained.run_dir / "eval" / "metrics.json").read_text())
+    assert saved["data"] == trained.data.source and saved["test_examples"] == 16
+
+
+def test_eval_on_another_dataset(trained, tmp_path, capsys):
+    """`eval --run RUN --data FILE`: every row a test example, the run's task and template, Hindi headers found."""
+    from unsloth_sft.cli import main
+
+    rows = [{"संवाद": f"#Person1#: नमस्ते {i}।\n#Person2#: जी।", "सारांश": f"दोनों ने {i} बार नमस्ते कहा।"} for i in range(3)]
+    path = tmp_path / "hindi-other.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert main(["eval", "--run", str(trained.run_dir), "--data", str(path)]) == 0
+    assert "every row is a test example" in capsys.readouterr().out
+    saved = json.loads((trained.run_dir / "eval-hindi-other" / "metrics.json").read_text())
+    assert saved["test_examples"] == 3 and saved["task"] == "summarization" and saved["data"] == str(path)
+    assert "rougeL" in saved["metrics"]
+
+
+def test_infer_with_base_and_adapter_uses_the_runs_task(trained, tmp_path, capsys):
+    """--model BASE --adapter RUN/adapter: a plain string is a dialogue (the run's task), not a chat message."""
+    from unsloth_sft.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps("#Person1#: नमस्ते।\n#Person2#: जी।", ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["infer", "--model", "tiny-gemma2", "--adapter", str(trained.run_dir / "adapter"), "--input", str(src),
+                 "--output", str(out)]) == 0
+    assert "1 answers written" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    from unsloth_sft import pipeline
+
+    cfg = small_config(tmp_path_factory.mktemp("textrun"), "model.backend=transformers", "data.source=sample:tiny-book",
+                       "data.task=text", "train.max_steps=2", "eval.max_new_tokens=6")
+    pipeline.run_training(cfg)
+    return cfg
+
+
+def test_infer_on_a_raw_text_run(text_run, tmp_path, capsys):
+    """Defect 4: a text run continues raw text ({"text": ...} or a string, no chat template); a messages line fails
+    with the reason, the others are written, and the exit code says some failed."""
+    from unsloth_sft.cli import main
+
+    lines = [json.dumps("Once upon a time"), json.dumps({"text": "The river bent"}),
+             json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "not json at all"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["infer", "--run", str(text_run.run_dir), "--input", str(src), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 4 input lines failed" in err and "Traceback" not in err and "KeyError" not in err
+    assert "line 4: not JSON" in err and "double quotes" in err
+    assert [json.loads(r)["line"] for r in out.read_text().splitlines()] == [1, 2]
+
+
+def test_text_prompts_are_raw(tokenizer):
+    from unsloth_sft.config import load_config
+    from unsloth_sft.infer import prompt_text
+
+    cfg = load_config(None, ["data.task=text"])
+    assert prompt_text("Once upon", cfg, "text", tokenizer, "x") == "<bos>Once upon"
+    assert prompt_text({"text": "Once"}, cfg, "text", tokenizer, "x") == "<bos>Once"
