@@ -37,7 +37,9 @@ import sys
 PACKAGE = "unsloth-sft[gpu]"
 if "google.colab" in sys.modules:
     if subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE]).returncode != 0:
-        raise RuntimeError(f"pip could not install {PACKAGE!r}: set PACKAGE above to your repository's git URL or a wheel")
+        raise RuntimeError(
+            f"pip could not install {PACKAGE!r}: set PACKAGE above to your repository's git URL or a wheel"
+        )
 
 # %% [markdown]
 # ### Parameters

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import small_config
 
 pytestmark = pytest.mark.slow
@@ -17,8 +16,15 @@ def trained(tmp_path_factory):
     from unsloth_sft import pipeline
 
     tmp = tmp_path_factory.mktemp("evalrun")
-    cfg = small_config(tmp, "model.backend=transformers", "train.max_steps=25", "data.max_samples=16",
-                       "eval.num_examples=4", "eval.batch_size=4", "eval.max_new_tokens=6")
+    cfg = small_config(
+        tmp,
+        "model.backend=transformers",
+        "train.max_steps=25",
+        "data.max_samples=16",
+        "eval.num_examples=4",
+        "eval.batch_size=4",
+        "eval.max_new_tokens=6",
+    )
     pipeline.run_training(cfg)
     return cfg
 
@@ -84,8 +90,17 @@ def test_adapter_on_wrong_base_is_refused(trained, tmp_path):
     from unsloth_sft.errors import ModelError
     from unsloth_sft.model import load_for_inference
 
-    other = Gemma2ForCausalLM(Gemma2Config(vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                           num_key_value_heads=1, head_dim=16, intermediate_size=64))
+    other = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=3000,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+        )
+    )
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ModelError, match="does not match this base model"):
         load_for_inference(str(tmp_path / "other"), str(trained.run_dir / "adapter"))
@@ -117,7 +132,9 @@ def test_eval_with_empty_test_split_is_refused(trained):
     from unsloth_sft.errors import DataError
     from unsloth_sft.evaluate import evaluate_run
 
-    cfg = dataclasses.replace(trained, data=dataclasses.replace(trained.data, source="sample:tiny-book", task="summarization"))
+    cfg = dataclasses.replace(
+        trained, data=dataclasses.replace(trained.data, source="sample:tiny-book", task="summarization")
+    )
     with pytest.raises(DataError):
         evaluate_run(cfg, cfg.run_dir)
 
@@ -152,8 +169,22 @@ def test_infer_with_base_and_adapter_uses_the_runs_task(trained, tmp_path, capsy
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps("#Person1#: नमस्ते।\n#Person2#: जी।", ensure_ascii=False) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    assert main(["infer", "--model", "tiny-gemma2", "--adapter", str(trained.run_dir / "adapter"), "--input", str(src),
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                "tiny-gemma2",
+                "--adapter",
+                str(trained.run_dir / "adapter"),
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "1 answers written" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
 
 
@@ -161,8 +192,14 @@ def test_infer_with_base_and_adapter_uses_the_runs_task(trained, tmp_path, capsy
 def text_run(tmp_path_factory):
     from unsloth_sft import pipeline
 
-    cfg = small_config(tmp_path_factory.mktemp("textrun"), "model.backend=transformers", "data.source=sample:tiny-book",
-                       "data.task=text", "train.max_steps=2", "eval.max_new_tokens=6")
+    cfg = small_config(
+        tmp_path_factory.mktemp("textrun"),
+        "model.backend=transformers",
+        "data.source=sample:tiny-book",
+        "data.task=text",
+        "train.max_steps=2",
+        "eval.max_new_tokens=6",
+    )
     pipeline.run_training(cfg)
     return cfg
 
@@ -172,8 +209,12 @@ def test_infer_on_a_raw_text_run(text_run, tmp_path, capsys):
     with the reason, the others are written, and the exit code says some failed."""
     from unsloth_sft.cli import main
 
-    lines = [json.dumps("Once upon a time"), json.dumps({"text": "The river bent"}),
-             json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "not json at all"]
+    lines = [
+        json.dumps("Once upon a time"),
+        json.dumps({"text": "The river bent"}),
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+        "not json at all",
+    ]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"

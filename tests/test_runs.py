@@ -9,7 +9,8 @@ import pytest
 
 from unsloth_sft.config import load_config, save_config
 from unsloth_sft.errors import ConfigError, ModelError, RunError
-from unsloth_sft.runs import RunDir, config_changes
+from unsloth_sft.runconfig import config_changes
+from unsloth_sft.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "params" / "demo-cpu.yaml"
@@ -19,8 +20,9 @@ def demo(tmp_path: Path, *overrides: str):
     return load_config(DEMO, [f"output_dir={tmp_path}", *overrides])
 
 
-def make_run(tmp_path: Path, *overrides: str, checkpoint: int | None = None, finished: bool = False,
-             extra: tuple[str, ...] = ()) -> RunDir:
+def make_run(
+    tmp_path: Path, *overrides: str, checkpoint: int | None = None, finished: bool = False, extra: tuple[str, ...] = ()
+) -> RunDir:
     """A run folder as training leaves it: config.yaml, an adapter config, optional checkpoint/metrics/other files."""
     run = RunDir(demo(tmp_path, *overrides).run_dir)
     run.path.mkdir(parents=True)
@@ -41,13 +43,22 @@ def make_run(tmp_path: Path, *overrides: str, checkpoint: int | None = None, fin
 
 def test_config_changes_list_only_what_shapes_training(tmp_path):
     saved = demo(tmp_path).to_dict()
-    new = demo(tmp_path, "train.learning_rate=0.001", "data.source=sample:chat", "train.logging_steps=5",
-               "train.save_steps=10", "eval.max_new_tokens=8", "export.save_methods=[lora]", "overwrite=true",
-               "train.report_to=[tensorboard]").to_dict()
+    new = demo(
+        tmp_path,
+        "train.learning_rate=0.001",
+        "data.source=sample:chat",
+        "train.logging_steps=5",
+        "train.save_steps=10",
+        "eval.max_new_tokens=8",
+        "export.save_methods=[lora]",
+        "overwrite=true",
+        "train.report_to=[tensorboard]",
+    ).to_dict()
     changes = config_changes(saved, new)
     assert changes == ["data.source: 'sample:hindi-dialogsum' -> 'sample:chat'", "train.learning_rate: 0.005 -> 0.001"]
     assert config_changes(saved, demo(tmp_path, "data.columns={dialogue: संवाद}").to_dict()) == [
-        "data.columns: {} -> {'dialogue': 'संवाद'}"]
+        "data.columns: {} -> {'dialogue': 'संवाद'}"
+    ]
 
 
 def test_resume_with_the_same_config_is_allowed_and_picks_the_newest_checkpoint(tmp_path):
@@ -59,8 +70,15 @@ def test_resume_with_the_same_config_is_allowed_and_picks_the_newest_checkpoint(
     assert run.prepare(cfg) == (run.checkpoints / "checkpoint-4", None)
 
 
-@pytest.mark.parametrize("change, key", [("data.source=sample:chat", "data.source"), ("train.seed=1", "train.seed"),
-                                         ("lora.r=8", "lora.r"), ("model.max_seq_length=512", "model.max_seq_length")])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("data.source=sample:chat", "data.source"),
+        ("train.seed=1", "train.seed"),
+        ("lora.r=8", "lora.r"),
+        ("model.max_seq_length=512", "model.max_seq_length"),
+    ],
+)
 def test_resume_with_another_config_is_refused(tmp_path, change, key):
     """Defect 1: a rerun of the same run_name with another data/recipe must not resume the old checkpoint."""
     run = make_run(tmp_path, checkpoint=4)
@@ -131,11 +149,22 @@ def test_run_summary(tmp_path):
     from unsloth_sft.report import run_summary
 
     run = make_run(tmp_path)
-    run.metrics_file.write_text(json.dumps({"steps": 60, "runtime_s": 15.2, "first_loss": 3.4, "last_loss": 2.1,
-                                            "memory": {"peak_rss_mb": 812.5}, "resumed_at_step": None}))
+    run.metrics_file.write_text(
+        json.dumps(
+            {
+                "steps": 60,
+                "runtime_s": 15.2,
+                "first_loss": 3.4,
+                "last_loss": 2.1,
+                "memory": {"peak_rss_mb": 812.5},
+                "resumed_at_step": None,
+            }
+        )
+    )
     run.eval_dir().mkdir()
-    (run.eval_dir() / "metrics.json").write_text(json.dumps(
-        {"task": "summarization", "metrics": {"rougeL": {"base": 0.05, "tuned": 0.17}}}))
+    (run.eval_dir() / "metrics.json").write_text(
+        json.dumps({"task": "summarization", "metrics": {"rougeL": {"base": 0.05, "tuned": 0.17}}})
+    )
     text = run_summary(run)
     assert "60 steps in 15 s, loss 3.400 -> 2.100, peak RSS 812.5 MiB" in text
     assert "eval: rougeL 0.0500 -> 0.1700" in text and f"adapter: {run.adapter}" in text

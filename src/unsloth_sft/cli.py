@@ -22,13 +22,22 @@ def _parser() -> argparse.ArgumentParser:
         if before:  # a positional that comes before PARAMS on the command line
             s.add_argument(before[0], help=before[1])
         s.add_argument("params", nargs="?" if optional else None, help="a params YAML file (see params/)")
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.max_steps=5 (repeatable)")
+        s.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.max_steps=5 (repeatable)",
+        )
         return s
 
     with_params("train", "train a model (the training notebook's job)")
-    s = with_params("notebook", "validate the config, then run a notebook headless with papermill",
-                    before=("notebook", "notebooks/train.ipynb, evaluate.ipynb or infer.ipynb"))
+    s = with_params(
+        "notebook",
+        "validate the config, then run a notebook headless with papermill",
+        before=("notebook", "notebooks/train.ipynb, evaluate.ipynb or infer.ipynb"),
+    )
     s.add_argument("--output", help="executed notebook path (default: RUN_DIR/NOTEBOOK)")
     s = with_params("preview", "print formatted examples with the trained span marked")
     s.add_argument("-n", type=int, default=3, help="how many examples")
@@ -39,14 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run", help="a run folder: its merged model (or base + adapter), task and template")
     s.add_argument("--model", help="model folder or Hub id (the base, with --adapter)")
     s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN_DIR/adapter)")
-    s.add_argument("--input", required=True, help="JSONL, one JSON value a line: a \"prompt string\", "
-                   "{\"messages\": [...]}, or the dataset's columns")
+    s.add_argument(
+        "--input",
+        required=True,
+        help='JSONL, one JSON value a line: a "prompt string", {"messages": [...]}, or the dataset\'s columns',
+    )
     s.add_argument("--output", required=True, help="JSONL to write")
     s.add_argument("--params", help="params YAML whose template and generation settings to use")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s = sub.add_parser("export", help="export a finished run: adapter, merged_16bit, Hub push")
     s.add_argument("run_dir", help="the run folder")
-    s.add_argument("--method", action="append", default=[], help="lora, merged_16bit, merged_4bit_forced, gguf (repeatable)")
+    s.add_argument(
+        "--method", action="append", default=[], help="lora, merged_16bit, merged_4bit_forced, gguf (repeatable)"
+    )
     s.add_argument("--push-to-hub", metavar="USER/REPO", help="upload the exported folder (token from HF_TOKEN)")
     s.add_argument("--private", action="store_true", help="create the Hub repo private")
     s.add_argument("--token", help=argparse.SUPPRESS)  # refused below with the reason
@@ -72,9 +86,11 @@ def _load(params: str, overrides: list[str]):
     from unsloth_sft.sources import SUFFIXES
 
     if Path(params).suffix in SUFFIXES or Path(params).is_dir():
-        raise ConfigError(f"{params} looks like a data file, not a params file: train on it with "
-                          f"`unsloth-sft train params/demo-cpu.yaml --set data.source={params}` "
-                          f"(in a notebook: -p dataset {params})")
+        raise ConfigError(
+            f"{params} looks like a data file, not a params file: train on it with "
+            f"`unsloth-sft train params/demo-cpu.yaml --set data.source={params}` "
+            f"(in a notebook: -p dataset {params})"
+        )
     return load_config(params, overrides)
 
 
@@ -125,8 +141,10 @@ def _dispatch(args) -> int:
         from unsloth_sft.runs import RunDir
 
         if args.token is not None:
-            raise ConfigError("--token is refused: a token on the command line lands in shell history and process "
-                              "lists; set the HF_TOKEN environment variable (or run `huggingface-cli login`)")
+            raise ConfigError(
+                "--token is refused: a token on the command line lands in shell history and process "
+                "lists; set the HF_TOKEN environment variable (or run `huggingface-cli login`)"
+            )
 
         result = export_run(RunDir(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private)
         print(json.dumps(result))
@@ -162,11 +180,15 @@ def _infer(args) -> int:
     counts = infer_file(cfg, model, adapter, Path(args.input), Path(args.output), task)
     total = counts["written"] + counts["failed"]
     if counts["failed"]:
-        print(f"unsloth-sft: {counts['failed']} of {total} input lines failed (listed above); the other "
-              f"{counts['written']} were written to {args.output}", file=sys.stderr)
+        print(
+            f"unsloth-sft: {counts['failed']} of {total} input lines failed (listed above); the other "
+            f"{counts['written']} were written to {args.output}",
+            file=sys.stderr,
+        )
         return 1
     print(f"{counts['written']} answers written to {args.output}")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -23,10 +23,14 @@ TASK_FIELDS = {
     "text": ("text",),
 }
 OPTIONAL_FIELDS = {"instruction": ("input",)}
-ANSWER_FIELD = {"summarization": "summary", "gsm8k": "answer", "qa": "answer", "instruction": "output", "completion": "completion"}
-DEFAULT_INSTRUCTION = (
-    "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
-)
+ANSWER_FIELD = {
+    "summarization": "summary",
+    "gsm8k": "answer",
+    "qa": "answer",
+    "instruction": "output",
+    "completion": "completion",
+}
+DEFAULT_INSTRUCTION = "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
 ROLES = ("system", "user", "assistant")
 # Column headers auto-detection takes for a field besides its own name (any case): synonyms and Hindi headers,
 # so a Hindi summarization file with संवाद / सारांश columns needs no data.columns.
@@ -36,7 +40,9 @@ ALIASES = {
     "question": ("प्रश्न", "सवाल"),
     "answer": ("उत्तर", "जवाब"),
 }
-FIELDS = sorted({f for fields in TASK_FIELDS.values() for f in fields} | {f for fs in OPTIONAL_FIELDS.values() for f in fs})
+FIELDS = sorted(
+    {f for fields in TASK_FIELDS.values() for f in fields} | {f for fs in OPTIONAL_FIELDS.values() for f in fs}
+)
 MIN_TRAIN_BLOCKS = 8  # raw text: fewer training blocks than one default batch (2 x 4) is not a fine-tune
 
 
@@ -78,7 +84,9 @@ def check_columns(cfg: DataConfig) -> None:
             )
 
 
-def _resolve_columns(columns: list[str], cfg: DataConfig, task: str, origin: str, answer: bool = True) -> dict[str, str]:
+def _resolve_columns(
+    columns: list[str], cfg: DataConfig, task: str, origin: str, answer: bool = True
+) -> dict[str, str]:
     """Map each canonical field of `task` to a column: data.columns first, then the name in any case or a synonym.
 
     With answer=False (inference), the answer column may be absent.
@@ -131,7 +139,9 @@ def detect_task(columns: list[str], cfg: DataConfig, origin: str, answer: bool =
 
 def _check_messages(value: Any, where: str) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: 'messages' must be a non-empty list of {{role, content}}, got {type(value).__name__}"
+        )
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -276,8 +286,8 @@ def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: Data
 
     import datasets
 
+    from unsloth_sft.atomic import atomic_dir
     from unsloth_sft.quiet import no_progress_bars
-    from unsloth_sft.runs import atomic_dir
     from unsloth_sft.tiny import cache_root
 
     if not cfg.cache_tokenized:
@@ -338,7 +348,11 @@ def load_examples(cfg: RunConfig) -> Examples:
         raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
     origin = train.where[0].rsplit(" ", 2)[0]
     task = detect_task(list(first), d, origin)
-    if task == "qa" and d.task == "auto" and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", origin)):
+    if (
+        task == "qa"
+        and d.task == "auto"
+        and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", origin))
+    ):
         task = "gsm8k"
     if task == "text":
         col = _resolve_columns(list(first), d, task, origin)["text"]
@@ -347,7 +361,9 @@ def load_examples(cfg: RunConfig) -> Examples:
         return Examples(task, train, test, text_column=col)
     train_convs, skipped = conversations(train, task, d)
     if not train_convs:
-        raise DataError(f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns")
+        raise DataError(
+            f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns"
+        )
     test_convs: list[list[dict]] = []
     if test is not None and test.rows:
         test_convs, test_skipped = conversations(test, task, d)
@@ -371,7 +387,9 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
             texts = [_text(r, col, w) for r, w in zip(ex.test.rows, ex.test.where)]
             test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, texts, d.block_size))
         elif d.test_size > 0 and len(ds) > 1:
-            parts = ds.train_test_split(test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed)
+            parts = ds.train_test_split(
+                test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed
+            )
             ds, test_ds = parts["train"], parts["test"]
         return PreparedData(ex.task, "none", ds, test_ds)
     template = choose_template(ex.task, d, tokenizer)
@@ -384,8 +402,9 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
     test_ds = None
     if ex.test_conversations:
         test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len)[0]
-    return PreparedData(ex.task, template, train_ds, test_ds, ex.train_conversations, ex.test_conversations,
-                        ex.skipped, truncated)
+    return PreparedData(
+        ex.task, template, train_ds, test_ds, ex.train_conversations, ex.test_conversations, ex.skipped, truncated
+    )
 
 
 def check_trainable(data: PreparedData, cfg: RunConfig) -> None:

@@ -48,8 +48,15 @@ def inference_mode(model, backend: str | None):
             model.train()
 
 
-def generate(model, tokenizer, prompts: list[str], ecfg: EvalConfig, backend: str | None = None,
-             progress: bool = True, streamer=None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    ecfg: EvalConfig,
+    backend: str | None = None,
+    progress: bool = True,
+    streamer=None,
+) -> list[str]:
     """Batched generation with left padding; returns only the new text of each prompt."""
     import torch
     from tqdm.auto import tqdm
@@ -136,7 +143,7 @@ def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot:
         else:
             prompt = render_prompt(tokenizer, conv, template)
             bos = tokenizer.bos_token or ""
-            body = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+            body = prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt
             prefix = shot_prefix(tokenizer, shot, template)
             out.append(prefix + body)  # the shot keeps its <bos>; the prompt's own is dropped
     return out
@@ -177,8 +184,12 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     def as_base():
         return model.disable_adapter() if has_adapter else contextlib.nullcontext()
 
-    result: dict[str, Any] = {"task": data.task, "template": data.template, "data": cfg.data.source,
-                              "test_examples": len(data.test)}
+    result: dict[str, Any] = {
+        "task": data.task,
+        "template": data.template,
+        "data": cfg.data.source,
+        "test_examples": len(data.test),
+    }
     with as_base():
         base_loss = eval_loss(base_model or model, tokenizer, data.test, cfg.eval.batch_size)
     tuned_loss = eval_loss(model, tokenizer, data.test, cfg.eval.batch_size)

@@ -19,7 +19,9 @@ def save_adapter(model, tokenizer, target: Path) -> Path:
     return target
 
 
-def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, max_shard_size: str = "5GB", dtype: str = "auto") -> Path:
+def merge_adapter(
+    base_path: str, adapter_dir: Path, out_dir: Path, max_shard_size: str = "5GB", dtype: str = "auto"
+) -> Path:
     """Reload the base in 16/32-bit, apply the adapter, merge, save safetensors + tokenizer + generation config.
 
     Never merges into 4-bit weights: the base is reloaded un-quantised (a pre-quantised bnb checkpoint is
@@ -58,9 +60,15 @@ def unsloth_only(method: str, backend: str) -> None:
     import torch
 
     if backend != "unsloth" or not torch.cuda.is_available():
-        alt = "use merged_16bit (then llama.cpp's convert_hf_to_gguf.py for GGUF)" if method == "gguf" else "use merged_16bit"
-        raise RunError(f"export method {method} needs the unsloth backend on a CUDA GPU (here: {backend}, "
-                       f"{'GPU' if torch.cuda.is_available() else 'no GPU'}); {alt}")
+        alt = (
+            "use merged_16bit (then llama.cpp's convert_hf_to_gguf.py for GGUF)"
+            if method == "gguf"
+            else "use merged_16bit"
+        )
+        raise RunError(
+            f"export method {method} needs the unsloth backend on a CUDA GPU (here: {backend}, "
+            f"{'GPU' if torch.cuda.is_available() else 'no GPU'}); {alt}"
+        )
 
 
 def export_unsloth(model, tokenizer, method: str, out_dir: Path, quantization_method: str) -> Path:
@@ -106,7 +114,9 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
         "## How to load\n\n" + load,
     ]
     if metrics:
-        keep = {k: metrics[k] for k in ("steps", "runtime_s", "tokens_per_s", "first_loss", "last_loss") if k in metrics}
+        keep = {
+            k: metrics[k] for k in ("steps", "runtime_s", "tokens_per_s", "first_loss", "last_loss") if k in metrics
+        }
         parts.append("## Training\n\n" + "\n".join(f"- {k}: {v}" for k, v in keep.items()))
     if eval_metrics:
         rows = ["| metric | base | tuned |", "|---|---|---|"]
@@ -120,7 +130,7 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
 
 
 def write_card(folder: Path, text: str) -> None:
-    from unsloth_sft.runs import atomic_write_text
+    from unsloth_sft.atomic import atomic_write_text
 
     atomic_write_text(Path(folder) / "README.md", text)
 
@@ -144,8 +154,9 @@ def push_folder(folder: Path, repo_id: str, private: bool = True, endpoint: str 
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT"), token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message="Upload with unsloth-sft")
+        info = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload with unsloth-sft"
+        )
     except Exception as err:  # HTTP errors carry the URL, never the token; keep one line
         message = str(err).replace(token, "***").splitlines()[0][:300] if str(err) else type(err).__name__
         raise RunError(f"push to {repo_id} failed: {message}") from None

@@ -56,7 +56,7 @@ def prompt_text(value: Any, cfg: RunConfig, task: str, tokenizer, where: str) ->
     if task == "text":  # a raw-text run never saw a chat turn: it continues the text itself
         text = value.get("text") if isinstance(value, dict) else value
         if not isinstance(text, str):
-            raise DataError(f"{where}: a raw-text run continues text; give a JSON string or {{\"text\": \"...\"}}")
+            raise DataError(f'{where}: a raw-text run continues text; give a JSON string or {{"text": "..."}}')
         return (tokenizer.bos_token or "") + text  # training blocks start with BOS too (data.text_blocks)
     messages, kind = messages_for(value, cfg, task, where)
     return render_prompt(tokenizer, messages, choose_template(kind, cfg.data, tokenizer))
@@ -85,9 +85,15 @@ def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
         try:
             out.append((n, json.loads(line), None))
         except json.JSONDecodeError as err:
-            out.append((n, None, f"{path} line {n}: not JSON ({err.msg}); each line is JSON: a prompt in double "
-                                 'quotes ("Hello, \\"you\\"", newlines as \\n), or an object such as '
-                                 '{"messages": [...]} (json.dumps writes either)'))
+            out.append(
+                (
+                    n,
+                    None,
+                    f"{path} line {n}: not JSON ({err.msg}); each line is JSON: a prompt in double "
+                    'quotes ("Hello, \\"you\\"", newlines as \\n), or an object such as '
+                    '{"messages": [...]} (json.dumps writes either)',
+                )
+            )
     return out
 
 
@@ -96,19 +102,22 @@ def check_model_arg(model: str) -> None:
     folder = Path(model)
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "BASE"
-        raise ModelError(f"--model {model} is a LoRA adapter folder, not a model; use --model {base} --adapter {model}"
-                         f"{' (or --run ' + str(folder.parent) + ')' if (folder.parent / 'config.yaml').is_file() else ''}")
+        raise ModelError(
+            f"--model {model} is a LoRA adapter folder, not a model; use --model {base} --adapter {model}"
+            f"{' (or --run ' + str(folder.parent) + ')' if (folder.parent / 'config.yaml').is_file() else ''}"
+        )
 
 
-def infer_file(cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path,
-               task: str | None = None) -> dict:
+def infer_file(
+    cfg: RunConfig, model_path: str, adapter: str | None, input_path: Path, output_path: Path, task: str | None = None
+) -> dict:
     """Generate for each input line; lines that fail are reported by number and counted, the rest written.
 
     `task`: the task the model was trained on (None: the recipe's, or chat when its data is not here).
     """
+    from unsloth_sft.atomic import atomic_write_text
     from unsloth_sft.evaluate import generate
     from unsloth_sft.model import load_for_inference
-    from unsloth_sft.runs import atomic_write_text
 
     if not Path(input_path).is_file():
         raise DataError(f"{input_path}: input file not found")

@@ -46,7 +46,7 @@ def notebook_overrides(namespace: dict[str, Any]) -> list:
 
         overrides = yaml.safe_load(overrides) if overrides.lstrip().startswith("[") else [overrides]
     if not isinstance(overrides, list):
-        raise ConfigError(f"overrides: expected a list like [\"train.max_steps=5\"], got {overrides!r}")
+        raise ConfigError(f'overrides: expected a list like ["train.max_steps=5"], got {overrides!r}')
     shortcuts = [(path, namespace[name]) for name, path in SHORTCUTS.items() if namespace.get(name) is not None]
     return [str(o) for o in overrides] + shortcuts
 

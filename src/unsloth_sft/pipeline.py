@@ -82,8 +82,10 @@ def start(cfg: RunConfig) -> Run:
     run = Run(cfg, folder, resume_from, loaded, data, set_aside=aside)
     if is_main_process():
         lm = run.loaded
-        print(f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
-              f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)")
+        print(
+            f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
+            f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)"
+        )
         print(f"data: {data_line(run.data, cfg)}")
     return run
 
@@ -93,18 +95,24 @@ def data_line(d: PreparedData, cfg: RunConfig) -> str:
     test = len(d.test) if d.test is not None else 0
     if d.task == "text":
         return f"text task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
-    return (f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
-            f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens")
+    return (
+        f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
+        f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens"
+    )
 
 
 def fit(run: Run) -> dict:
     """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
-    run.trainer = build_trainer(run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, backend=run.loaded.backend)
+    run.trainer = build_trainer(
+        run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, backend=run.loaded.backend
+    )
     if is_main_process():
         t, n = run.cfg.train, world_size()
         batch, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps
-        print(f"{n} process{'es' if n > 1 else ''} x {batch} per device x {accum} accumulation "
-              f"= effective batch {batch * accum * n}")
+        print(
+            f"{n} process{'es' if n > 1 else ''} x {batch} per device x {accum} accumulation "
+            f"= effective batch {batch * accum * n}"
+        )
     run.metrics = train(run.cfg, run.trainer, run.resume_from)
     lm, d = run.loaded, run.data
     run.metrics.update(
@@ -154,8 +162,9 @@ def finish(run: Run) -> dict:
     for method in ("merged_4bit_forced", "gguf"):
         if method in methods:
             unsloth_only(method, lm.backend)
-            exported[method] = str(export_unsloth(lm.model, lm.tokenizer, method, folder / method,
-                                                  cfg.export.quantization_method))
+            exported[method] = str(
+                export_unsloth(lm.model, lm.tokenizer, method, folder / method, cfg.export.quantization_method)
+            )
     if cfg.export.push_to_hub:
         pushed = Path(exported.get("merged_16bit") or exported["lora"])
         exported["hub"] = push_folder(pushed, cfg.export.push_to_hub, cfg.export.private)

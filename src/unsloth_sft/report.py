@@ -10,8 +10,15 @@ from typing import Any
 from unsloth_sft.runs import RunDir, atomic_dir
 
 # The one metric the run summary shows per task (all of them are in eval/metrics.json and report.md).
-HEADLINE = {"summarization": "rougeL", "gsm8k": "exact_match", "qa": "rougeL", "chat": "chrf++",
-            "instruction": "rougeL", "completion": "rougeL", "text": "perplexity"}
+HEADLINE = {
+    "summarization": "rougeL",
+    "gsm8k": "exact_match",
+    "qa": "rougeL",
+    "chat": "chrf++",
+    "instruction": "rougeL",
+    "completion": "rougeL",
+    "text": "perplexity",
+}
 
 
 def _fmt(x: Any) -> str:
@@ -54,21 +61,31 @@ def write_eval(folder: Path, run_name: str, result: dict, rows: list[dict], exam
     """Write the eval folder atomically; returns the markdown summary (table + examples)."""
     scores = result["metrics"]
     table = metrics_table(scores)
-    parts = [f"# Evaluation of {run_name}", f"Task: {result['task']} ({result['template']} template), "
-             f"{result['test_examples']} test examples. Greedy decoding, same prompts for base and tuned.", table]
+    parts = [
+        f"# Evaluation of {run_name}",
+        f"Task: {result['task']} ({result['template']} template), "
+        f"{result['test_examples']} test examples. Greedy decoding, same prompts for base and tuned.",
+        table,
+    ]
     for row in rows[:examples]:
         parts.append(
-            "---\n**Input**\n\n```\n" + row["input"] + "\n```\n\n**Reference:** " + row["reference"]
+            "---\n**Input**\n\n```\n"
+            + row["input"]
+            + "\n```\n\n**Reference:** "
+            + row["reference"]
             + ("\n\n**Base:** " + row["base"] if row.get("base") is not None else "")
-            + "\n\n**Tuned:** " + row["tuned"]
+            + "\n\n**Tuned:** "
+            + row["tuned"]
         )
     summary = "\n\n".join(parts) + "\n"
     with atomic_dir(Path(folder)) as tmp:
         (tmp / "predictions.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
         )
-        (tmp / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "summary"},
-                                                     indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "metrics.json").write_text(
+            json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
         (tmp / "report.md").write_text(summary + "\n![metrics](metrics.png)\n", encoding="utf-8")
         plot_metrics(scores, tmp / "metrics.png", f"{run_name}: base vs tuned")
     return table
@@ -88,18 +105,31 @@ def run_summary(run: RunDir) -> str:
     first, last = m.get("first_loss"), m.get("last_loss")
     loss = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no loss logged"
     resumed = f", resumed at step {m['resumed_at_step']}" if m.get("resumed_at_step") is not None else ""
-    lines = [f"finished {run}: {m.get('steps')} steps in {m.get('runtime_s', 0):.0f} s{resumed}, {loss}, "
-             f"{_memory(m.get('memory') or {})}"]
+    lines = [
+        f"finished {run}: {m.get('steps')} steps in {m.get('runtime_s', 0):.0f} s{resumed}, {loss}, "
+        f"{_memory(m.get('memory') or {})}"
+    ]
     ev = run.eval_metrics()
     if ev:
         name = HEADLINE.get(ev.get("task"), "eval_loss")
         v = ev["metrics"].get(name) or ev["metrics"].get("eval_loss") or {}
         lines.append(f"eval: {name} {_fmt(v.get('base'))} -> {_fmt(v.get('tuned'))} (base -> tuned)")
-    outputs = [(label, path) for label, path in (("adapter", run.adapter), ("merged", run.merged),
-               ("loss curve", run.loss_plot), ("eval report", run.eval_dir() / "report.md")) if path.exists()]
+    outputs = [
+        (label, path)
+        for label, path in (
+            ("adapter", run.adapter),
+            ("merged", run.merged),
+            ("loss curve", run.loss_plot),
+            ("eval report", run.eval_dir() / "report.md"),
+        )
+        if path.exists()
+    ]
     lines += [f"{label}: {path}" for label, path in outputs]
     r = shlex.quote(str(run))
-    lines += ["next:", f"  unsloth-sft eval --run {r}",
-              f"  unsloth-sft infer --run {r} --input prompts.jsonl --output answers.jsonl",
-              f"  unsloth-sft export {r} --method merged_16bit --push-to-hub USER/REPO"]
+    lines += [
+        "next:",
+        f"  unsloth-sft eval --run {r}",
+        f"  unsloth-sft infer --run {r} --input prompts.jsonl --output answers.jsonl",
+        f"  unsloth-sft export {r} --method merged_16bit --push-to-hub USER/REPO",
+    ]
     return "\n".join(lines)

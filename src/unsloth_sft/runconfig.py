@@ -1,5 +1,6 @@
-"""The config that eval and infer use on a trained run: the run's own config.yaml, checked against what was given.
+"""A run's saved config.yaml against a new config: what resume allows to differ, and what eval and infer use.
 
+A checkpoint resumes only with the config that trained it (keys that shape the weights, `config_changes`).
 A run is scored with the data, template and model it was trained with. A params file given alongside may
 change generation settings (its eval section) but must agree on the rest; `--set` changes anything, on purpose,
 and is printed. `eval --data FILE` scores the run on another file, every row a test example.
@@ -12,7 +13,43 @@ from typing import Any
 
 from unsloth_sft.config import RunConfig
 from unsloth_sft.errors import ConfigError
-from unsloth_sft.runs import RunDir, flatten
+from unsloth_sft.runs import RunDir
+
+# Keys a rerun may change and still resume: they decide logging, saving and what happens after training,
+# never the weights. Any other difference (model, data, template, LoRA, optimizer, seed...) refuses to resume.
+RESUMABLE_CHANGES = tuple(
+    "run_name output_dir overwrite train.resume train.logging_steps train.save_steps train.save_total_limit "
+    "train.report_to train.dataset_num_proc train.stop_on_nan data.cache_tokenized eval.* export.*".split()
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "columns":  # data.columns is one value: a mapping
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE_CHANGES)
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys that shape training and differ between a saved config and a new one, as `key: old -> new`.
+
+    A key only one side has (the schema changed between versions) is not a difference.
+    """
+    old, now = flatten(saved), flatten(new)
+    return [
+        f"{k}: {old[k]!r} -> {now[k]!r}"
+        for k in sorted(old.keys() & now.keys())
+        if not _may_change(k) and old[k] != now[k]
+    ]
+
 
 # Keys of a data section that do not change what a test example looks like: they may differ from the run's.
 FREE_DATA_KEYS = ("data.cache_tokenized", "data.max_samples", "data.skip_empty")
@@ -28,8 +65,13 @@ def override_keys(overrides: list) -> set[str]:
     return {(o[0] if isinstance(o, tuple) else str(o).partition("=")[0]).strip() for o in overrides}
 
 
-def run_config(run: RunDir, given: RunConfig | None = None, overrides: list | None = None, where: str = "params",
-               data: str | None = None) -> RunConfig:
+def run_config(
+    run: RunDir,
+    given: RunConfig | None = None,
+    overrides: list | None = None,
+    where: str = "params",
+    data: str | None = None,
+) -> RunConfig:
     """The run's config.yaml, with `given`'s eval section and `overrides` on top; `data` swaps the test set.
 
     `given` (a params file, already with `overrides` applied) must agree with the run on model.name and the
@@ -52,8 +94,7 @@ def run_config(run: RunDir, given: RunConfig | None = None, overrides: list | No
     extra: list[Any] = []
     if data is not None:  # every row of the file is a test example, shaped as the run's task
         task = (run.metrics() or {}).get("task") or saved.get("data", {}).get("task", "auto")
-        extra = [("data.source", str(data)), ("data.split", "train"), ("data.test_split", "train"),
-                 ("data.task", task)]
+        extra = [("data.source", str(data)), ("data.split", "train"), ("data.test_split", "train"), ("data.task", task)]
     params = {"eval": given.to_dict()["eval"]} if given is not None else None
     cfg = run.config(overrides + extra, params=params)
     final = flatten(cfg.to_dict())
@@ -65,8 +106,9 @@ def run_config(run: RunDir, given: RunConfig | None = None, overrides: list | No
     return cfg
 
 
-def run_from_params(params: str | Path | None, overrides: list, run: str | Path | None,
-                    data: str | None = None) -> tuple[RunDir, RunConfig]:
+def run_from_params(
+    params: str | Path | None, overrides: list, run: str | Path | None, data: str | None = None
+) -> tuple[RunDir, RunConfig]:
     """For the CLI: the run folder (--run, else the params' output_dir/run_name) and its config for eval/infer."""
     from unsloth_sft.config import load_config
 

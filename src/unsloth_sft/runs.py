@@ -1,62 +1,22 @@
-"""The run folder: `RunDir` owns its file names and answers what it holds; atomic writes; safe resume and overwrite."""
+"""The run folder: `RunDir` owns its file names, answers what it holds, and decides resume and overwrite."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft.atomic import atomic_dir, atomic_write_text, write_json  # noqa: F401  (re-exported)
 from unsloth_sft.errors import ModelError, RunError
 
 CONFIG, METRICS, ENVIRONMENT = "config.yaml", "metrics.json", "environment.json"
 ADAPTER, MERGED, EVAL, CHECKPOINTS = "adapter", "merged", "eval", "checkpoints"
 LOSS_HISTORY, LOSS_PLOT = "loss_history.json", "loss.png"
 FINISHED_MARK = METRICS  # written last, atomically: its presence means the run finished
-# Keys a rerun may change and still resume: they decide logging, saving and what happens after training,
-# never the weights. Any other difference (model, data, template, LoRA, optimizer, seed...) refuses to resume.
-RESUMABLE_CHANGES = (
-    "run_name", "output_dir", "overwrite", "train.resume", "train.logging_steps", "train.save_steps",
-    "train.save_total_limit", "train.report_to", "train.dataset_num_proc", "train.stop_on_nan",
-    "data.cache_tokenized", "eval.*", "export.*",
-)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"seed": 1}} -> {"train.seed": 1}; lists and scalars are leaves."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and key != "columns":  # data.columns is one value: a mapping
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _may_change(key: str) -> bool:
-    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE_CHANGES)
-
-
-def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The keys that shape training and differ between a saved config and a new one, as `key: old -> new`.
-
-    A key only one side has (the schema changed between versions) is not a difference.
-    """
-    old, now = flatten(saved), flatten(new)
-    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(old.keys() & now.keys())
-            if not _may_change(k) and old[k] != now[k]]
 
 
 class RunDir:
@@ -115,7 +75,7 @@ class RunDir:
 
     @property
     def kind(self) -> str | None:
-        """"lora" (an adapter, maybe merged too), "full" (a fully fine-tuned model in merged/), or None (no model)."""
+        """What the run made: "lora" (an adapter, maybe merged too), "full" (a full fine-tune in merged/), or None."""
         if self.has_adapter:
             return "lora"
         return "full" if self.has_merged else None
@@ -154,7 +114,9 @@ class RunDir:
             if base is None:
                 raise ModelError(f"{self.path}: the adapter names no base model and there is no {CONFIG}")
             return base, str(self.adapter)
-        raise ModelError(f"{self.path}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
+        raise ModelError(
+            f"{self.path}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)"
+        )
 
     def metrics(self) -> dict[str, Any] | None:
         return _load_json(self.metrics_file)
@@ -179,14 +141,18 @@ class RunDir:
         """Everything that can refuse this run, before a byte is written: a finished run (unless overwrite), a
         checkpoint trained with another config, a place that cannot hold a folder. Creates nothing."""
         if self.is_finished and not cfg.overwrite:
-            raise RunError(f"{self.path} holds a finished run; set overwrite: true (or --set overwrite=true) to "
-                           "replace it, or choose another run_name")
+            raise RunError(
+                f"{self.path} holds a finished run; set overwrite: true (or --set overwrite=true) to "
+                "replace it, or choose another run_name"
+            )
         if not cfg.overwrite:
             self.check_resume(cfg, self.resume_point(cfg.train.resume))
             stale = self.latest_checkpoint()
             if cfg.train.resume == "never" and stale is not None:
-                raise RunError(f"{self.path} has checkpoints of an unfinished run (up to {stale.name}) that train.resume: "
-                               "never would mix with this one; set overwrite: true to start over, or resume: auto")
+                raise RunError(
+                    f"{self.path} has checkpoints of an unfinished run (up to {stale.name}) that train.resume: "
+                    "never would mix with this one; set overwrite: true to start over, or resume: auto"
+                )
         existing = self.path
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -213,11 +179,14 @@ class RunDir:
         saved = owner.saved_config()
         if saved is None:
             return  # a checkpoint from elsewhere, with nothing to compare: train.resume named it on purpose
+        from unsloth_sft.runconfig import config_changes
+
         changes = config_changes(saved, cfg.to_dict())
         if changes:
             raise RunError(
                 f"{self.path}: cannot resume {checkpoint.name}, it was trained with another config ("
-                + "; ".join(changes) + "); set overwrite: true (--set overwrite=true) to start this run over, "
+                + "; ".join(changes)
+                + "); set overwrite: true (--set overwrite=true) to start this run over, "
                 "or choose another run_name"
             )
 
@@ -265,43 +234,3 @@ class RunDir:
 
 def _load_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `target` in one rename, on failure it vanishes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a model folder should read like any other
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -98,7 +98,9 @@ def build_tiny_model(path: Path, corpus: list[str] | None = None, seed: int = 0)
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     bos_id = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

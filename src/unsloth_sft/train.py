@@ -254,7 +254,17 @@ def environment() -> dict[str, Any]:
     import torch
 
     versions = {}
-    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo"):
+    for name in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "datasets",
+        "accelerate",
+        "bitsandbytes",
+        "unsloth",
+        "unsloth_zoo",
+    ):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
