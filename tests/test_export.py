@@ -126,3 +126,4 @@ def test_lora_card_metadata(run_dir):
     assert meta["base_model"] == "tiny-gemma2" and meta["library_name"] == "peft"
     assert {"unsloth", "trl", "sft", "lora"} <= set(meta["tags"]) and meta["language"] == ["hi", "en"]
     assert "AutoPeftModelForCausalLM" in text and "## Training config" in text
+    assert "https://github.com/)" not in text  # no link to a bare github.com

@@ -61,6 +61,7 @@ def test_train_notebook_writes_metrics(demo_run):
     assert "[[" in text  # the masked-label preview was shown
     assert "image/png" in text  # the loss curve was displayed
     assert "before training" in text  # the side-by-side table
+    assert "finished " in text and "unsloth-sft infer --run" in text  # the summary cell ends the notebook
     for path in run.rglob("*"):  # executed notebook, config, cards, weights: the token is in none of them
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
@@ -114,6 +115,8 @@ def test_unsloth_sft_notebook_command(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "demo" / "train.ipynb").is_file()
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["steps"] == 3
+    assert f"finished {tmp_path / 'demo'}: 3 steps" in done.stdout  # a summary, not only the notebook's path
+    assert f"unsloth-sft eval --run {tmp_path / 'demo'}" in done.stdout
     bad = subprocess.run([str(BIN / "unsloth-sft"), "notebook", str(ROOT / "notebooks/train.ipynb"), str(ROOT / "params/demo-cpu.yaml"),
                           "--set", "train.max_step=3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'max_steps'" in bad.stderr

@@ -121,6 +121,14 @@ def test_overwrite_sets_the_old_run_aside_until_the_new_one_finishes(tmp_path):
     assert not aside.exists()
 
 
+def test_overwrite_of_a_folder_with_only_the_notebook_being_written(tmp_path):
+    run = RunDir(tmp_path / "demo")
+    run.path.mkdir()
+    (run / "train.ipynb").write_text("{}")  # `unsloth-sft notebook` output, written before the kernel starts
+    assert run.prepare(demo(tmp_path, "overwrite=true")) == (None, None)
+    assert (run / "train.ipynb").is_file()
+
+
 def test_a_fresh_start_clears_what_an_unfinished_attempt_left(tmp_path):
     run = make_run(tmp_path, extra=("merged", "eval"))
     (run / "loss.png").write_bytes(b"png")

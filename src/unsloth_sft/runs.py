@@ -197,7 +197,9 @@ class RunDir:
         new run has written metrics.json (`drop`): a crash in between loses neither run.
         """
         self.check(cfg)
-        aside = self.set_aside() if cfg.overwrite and self.path.exists() else None
+        # Only notebooks in the folder: the one papermill is writing for this very run, nothing to set aside.
+        earlier = self.path.is_dir() and any(p.suffix != ".ipynb" for p in self.path.iterdir())
+        aside = self.set_aside() if cfg.overwrite and earlier else None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
