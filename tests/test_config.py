@@ -95,15 +95,20 @@ def test_params_file_header_is_the_command_that_runs_it(path):
     rel = path.relative_to(ROOT).as_posix()
     lines = path.read_text(encoding="utf-8").splitlines()
     first = lines[0]
-    assert first.startswith(("# unsloth-sft train params/", "# papermill notebooks/train.ipynb ")), first
+    commands = (
+        "# unsloth-sft train params/",
+        "# papermill notebooks/train.ipynb ",
+        "# unsloth-sft notebook notebooks/",
+    )
+    assert first.startswith(commands), first
     header = [first] + ([lines[1]] if len(lines) > 1 and lines[1].startswith("#") else [])
     assert any(rel in line for line in header), f"{rel} not named in its header: {header}"
     # Every params file a header command names is this file (a copied header would name another).
     named = [m for line in header for m in re.findall(r"params/\S+?\.yaml", line)]
     assert named and all(n == rel for n in named), named
     # Every notebook a header names exists.
-    notebooks = [m for line in header for m in re.findall(r"papermill (\S+\.ipynb)", line)]
-    assert notebooks, f"no papermill command in the header of {rel}"
+    notebooks = [m for line in header for m in re.findall(r"(?:papermill|unsloth-sft notebook) (\S+\.ipynb)", line)]
+    assert notebooks, f"no notebook command (papermill or unsloth-sft notebook) in the header of {rel}"
     for nb in notebooks:
         assert (ROOT / nb).is_file(), f"{rel} header names {nb}, which does not exist"
     # The unsloth-sft command, where present, trains this file.

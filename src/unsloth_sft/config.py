@@ -303,12 +303,10 @@ _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "
 
 
 def _expected(error: dict) -> str:
-    """What a pydantic error says the value should have been, in the words of this package's messages."""
-    ctx = error.get("ctx") or {}
-    if error["type"] == "literal_error":  # ctx: "'a', 'b' or 'c'", or "'a'" alone
-        return f"one of {ctx['expected']}" if " or " in ctx["expected"] else ctx["expected"]
-    if error["type"] in _BOUNDS:
-        return f"a value {_BOUNDS[error['type']]} {next(iter(ctx.values()))}"
+    """What a pydantic type error says the value should have been, in the words of this package's messages."""
+    expected = (error.get("ctx") or {}).get("expected", "")
+    if error["type"] == "literal_error":  # expected: "'a', 'b' or 'c'", or "'a'" alone
+        return f"one of {expected}" if " or " in expected else expected
     return _EXPECTED.get(error["type"], error["msg"][:1].lower() + error["msg"][1:])
 
 
@@ -326,18 +324,20 @@ def _dotted(loc: tuple, raw: dict, where: str) -> str:
 
 
 def _one_line(err: ValidationError, cls: type, raw: dict, where: str) -> ConfigError:
-    """The first pydantic error as one line: the dotted key, every type it accepts, the value it got."""
+    """The first pydantic error as one line: the dotted key, the bound or every type it accepts, the value it got."""
     errors = err.errors()
     first = errors[0]
     key = _dotted(first["loc"], raw, where)
+    hint = typing.get_type_hints(cls).get(first["loc"][0])
+    null = " or null" if len(first["loc"]) == 1 and type(None) in typing.get_args(hint) else ""
+    if first["type"] in _BOUNDS:  # e.g. train.max_steps must be >= 1 or null, got 0
+        bound = next(iter(first["ctx"].values()))
+        return ConfigError(f"{key} must be {_BOUNDS[first['type']]} {bound}{null}, got {first['input']}")
     choices = []
     for error in errors:
         if _dotted(error["loc"], raw, where) == key and _expected(error) not in choices:
             choices.append(_expected(error))
-    hint = typing.get_type_hints(cls).get(first["loc"][0])
-    if len(first["loc"]) == 1 and type(None) in typing.get_args(hint):
-        choices.append("null")
-    return ConfigError(f"{key}: expected {' or '.join(choices)}, got {first['input']!r}")
+    return ConfigError(f"{key}: expected {' or '.join(choices)}{null}, got {first['input']!r}")
 
 
 def _build(cls: type, raw: Any, where: str = "") -> Any:
@@ -449,8 +449,8 @@ def load_config(
     return cfg
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (no secrets can be in it: loading refuses them)."""
+def save_config(cfg: RunConfig, path: str | Path, header: str = "") -> None:
+    """Write the resolved config as YAML, after `header` comment lines (no secrets: loading refuses them)."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
@@ -463,4 +463,5 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
     Dumper.add_representer(str, represent_str)
     text = yaml.dump(cfg.to_dict(), Dumper=Dumper, sort_keys=False, allow_unicode=True)
-    Path(path).write_text(text, encoding="utf-8")
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    Path(path).write_text(comments + text, encoding="utf-8")
