@@ -376,7 +376,7 @@ def run_variant(variant: str, model: str, n: int, threads: int = 1) -> dict:
         "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
         "attn_implementation": trainer.model.config._attn_implementation,
         "description": VARIANTS[variant][0],
-        "trainer": type(trainer).__name__,  # SFTTrainerWithoutTriton: the model's own loss (TRL's needs Triton)
+        "trainer": type(trainer).__name__,  # train.sft_trainer_class: on a CPU torch, the model's own loss (no Triton)
         "load_average": [round(x, 2) for x in os.getloadavg()],  # 1/5/15-min load at the end: other jobs on the cores
     }
 
@@ -628,7 +628,7 @@ def smoke(args: argparse.Namespace) -> list[str]:
 def drive(args: argparse.Namespace) -> dict:
     import platform
 
-    from unsloth_sft.runs import write_json
+    from unsloth_sft.atomic import write_json
 
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
     for model in args.models:  # build once, outside the timed workers (the tiny one pre-trains ~3 min the first time)
@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
     if args.worker or args.prep:
-        from unsloth_sft.runs import write_json
+        from unsloth_sft.atomic import write_json
 
         if args.prep:
             result = run_prep(args.examples or PREP_EXAMPLES, args.threads)

@@ -22,11 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/generate.json")
     args = p.parse_args(argv)
 
+    from unsloth_sft.atomic import write_json
     from unsloth_sft.config import load_config
     from unsloth_sft.data import prepare
     from unsloth_sft.evaluate import generate, prompts_for
     from unsloth_sft.infer import load_run_model
-    from unsloth_sft.runs import write_json
 
     cfg = load_config(args.params)
     model, tokenizer = load_run_model(cfg, Path(args.run))

@@ -472,7 +472,7 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 def drive(args: argparse.Namespace) -> int:
     import torch
 
-    from unsloth_sft.runs import write_json
+    from unsloth_sft.atomic import write_json
 
     name = torch.cuda.get_device_name(0)
     work = Path(tempfile.mkdtemp(prefix="unsloth-sft-gpu-bench-"))
@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     if message:
         print(message, file=sys.stderr)
         return 2
-    from unsloth_sft.runs import write_json  # after the requirements check: it names a missing unsloth_sft
+    from unsloth_sft.atomic import write_json  # after the requirements check: it names a missing unsloth_sft
 
     if args.build:
         write_json(args.json_out, run_build(args)) if args.json_out else print(run_build(args))
