@@ -672,6 +672,7 @@ def test_preview_marks_trained_span(tmp_path, tokenizer):
     assert f"Question: {first[0]['content']}\nAnswer:[[ {first[1]['content']}<eos>]]" in out
     m = re.search(r"(\d+) of (\d+) examples cut at max_seq_length 768", out)
     assert m and (int(m.group(1)), int(m.group(2))) == (0, len(p.train))
+    assert f"<bos>: opens {len(p.train)} of {len(p.train)} examples, never twice" in out
 
 
 def test_preview_reports_truncation(tmp_path, tokenizer):

@@ -112,3 +112,10 @@ def test_smollm2_converts_trains_and_carries_its_source_and_licence(tmp_path):
     result = evaluate_run(cfg, folder)
     loss = result["metrics"]["eval_loss"]
     assert loss["base"] > 0 and loss["tuned"] > 0 and result["test_examples"] >= 2
+
+
+def test_preview_says_whether_bos_opens_each_example_once():
+    from unsloth_sft.preview import bos_line
+
+    assert bos_line("<bos>", 2, [[2, 5, 6], [2, 7]]) == "<bos>: opens 2 of 2 examples, never twice"
+    assert bos_line("<bos>", 2, [[2, 2, 5], [5, 2]]).endswith("1 have it more than once: fix the template or tokenizer")

@@ -46,9 +46,19 @@ def preview(cfg: RunConfig, n: int = 3, tokenizer=None) -> str:
         f"trained tokens: {sum(trained)} of {sum(lengths)} ({100 * sum(trained) / max(sum(lengths), 1):.1f} %); "
         f"{data.truncated} of {len(lengths) + 0} examples cut at max_seq_length {cfg.model.max_seq_length}"
     )
+    if tokenizer.bos_token_id is not None and tokenizer.bos_token_id != tokenizer.eos_token_id:
+        parts.append(bos_line(tokenizer.bos_token, tokenizer.bos_token_id, data.train["input_ids"]))
     for i in range(min(n, len(data.train))):
         row = data.train[i]
         parts.append(f"--- example {i + 1}: {len(row['input_ids'])} tokens, "
                      f"{sum(1 for x in row['labels'] if x != -100)} trained ({START} {END})\n"
                      + mark_trained(tokenizer, row["input_ids"], row["labels"]))
     return "\n".join(parts)
+
+
+def bos_line(bos: str, bos_id: int, rows: list[list[int]]) -> str:
+    """How often BOS opens an example and whether any has it twice (a template's BOS plus the tokenizer's)."""
+    first = sum(1 for r in rows if r and r[0] == bos_id)
+    twice = sum(1 for r in rows if r.count(bos_id) > 1)
+    warn = f"; {twice} have it more than once: fix the template or tokenizer" if twice else ", never twice"
+    return f"{bos}: opens {first} of {len(rows)} examples{warn}"

@@ -114,6 +114,7 @@ def run_summary(run: RunDir) -> str:
         name = HEADLINE.get(ev.get("task"), "eval_loss")
         v = ev["metrics"].get(name) or ev["metrics"].get("eval_loss") or {}
         lines.append(f"eval: {name} {_fmt(v.get('base'))} -> {_fmt(v.get('tuned'))} (base -> tuned)")
+        lines.append(f"on {ev.get('test_examples')} test examples:\n{metrics_table(ev['metrics'])}")
     outputs = [
         (label, path)
         for label, path in (
