@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,12 @@ def prompts_for(tokenizer, conversations: list[list[dict]], template: str, shot:
     return out
 
 
+def generation_speed(tokenizer, outputs: list[str], seconds: float) -> dict:
+    """New tokens per second of wall time for one generate() pass over the eval prompts (batched, greedy)."""
+    tokens = sum(len(tokenizer(o, add_special_tokens=False).input_ids) for o in outputs)
+    return {"new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
 def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = None) -> dict[str, Any]:
     """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart.
 
@@ -203,7 +210,9 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
         tuned_prompts = prompts_for(tokenizer, convs, data.template)
         shot = data.train_conversations[0] if cfg.eval.num_shots == 1 and data.train_conversations else None
         base_prompts = prompts_for(tokenizer, convs, data.template, shot) if shot else tuned_prompts
+        started = time.perf_counter()
         tuned_out = generate(model, tokenizer, tuned_prompts, cfg.eval)
+        result["generation"] = generation_speed(tokenizer, tuned_out, time.perf_counter() - started)
         base_out: list[str] = []
         if cfg.eval.compare_base:
             with as_base():
