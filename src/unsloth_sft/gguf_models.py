@@ -341,7 +341,7 @@ def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>") if "<end_of_turn>" in tokenizer.get_vocab() else None
     if end_of_turn is not None and end_of_turn != tokenizer.eos_token_id:
         stops.append(end_of_turn)
-    config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    config.eos_token_id = tokenizer.eos_token_id  # the tokenizer's, as upstream ships it; generation stops at both
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
@@ -349,7 +349,7 @@ def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
         raise ModelError(f"GGUF weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if config.tie_word_embeddings:
         model.tie_weights()
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                                               pad_token_id=config.pad_token_id)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id,
+                                               eos_token_id=stops if len(stops) > 1 else stops[0])
     del loaded
     model.save_pretrained(out)
