@@ -202,21 +202,94 @@ def bench_conversations(n: int) -> list[list[dict]]:
 
 
 class TokenCounter:
-    """Wraps a data collator; counts tensor slots, real (non-pad) tokens and supervised tokens of every batch."""
+    """Wraps a data collator; counts tensor slots, real (non-pad) tokens and supervised tokens of every batch.
 
-    def __init__(self, collator, pad_token_id: int):
+    `trained_positions`: the trainer computes logits only at columns that predict a trained token in some row
+    (`unsloth_sft.train.trained_positions`); otherwise at every position. `per_batch` keeps each batch's counts,
+    in the order the trainer drew them (a data loader may draw one batch beyond the last step).
+    """
+
+    def __init__(self, collator, pad_token_id: int, trained_positions: bool = False):
         self.collator = collator
         self.pad_token_id = pad_token_id
+        self.trained_positions = trained_positions
         self.slots = self.real = self.supervised = self.batches = 0
+        self.per_batch: list[dict] = []
 
     def __call__(self, examples):
         batch = self.collator(examples)
         ids, labels = batch["input_ids"], batch["labels"]
+        real = ids != self.pad_token_id
+        counts = {
+            "slots": ids.numel(),
+            "real": int(real.sum()),
+            "supervised": int((labels[:, 1:] != -100).sum()),  # labels shift by one inside the loss
+        }
+        keep = (labels[:, 1:] != -100).any(dim=0)
+        if self.trained_positions and keep.any():  # logits at the kept columns of every row (pad rows included)
+            counts["logits"] = int(real[:, :-1][:, keep].sum())
+            counts["logits_slots"] = ids.shape[0] * int(keep.sum())
+        else:
+            counts["logits"], counts["logits_slots"] = counts["real"], ids.numel()
         self.batches += 1
-        self.slots += ids.numel()
-        self.real += int((ids != self.pad_token_id).sum())
-        self.supervised += int((labels[:, 1:] != -100).sum())  # labels shift by one inside the loss
+        self.slots += counts["slots"]
+        self.real += counts["real"]
+        self.supervised += counts["supervised"]
+        self.per_batch.append(counts)
         return batch
+
+
+def summed(batches: list[dict]) -> dict:
+    """Per-batch counts (TokenCounter.per_batch) added up key by key."""
+    keys = {k for b in batches for k in b}
+    return {k: sum(b.get(k, 0) for b in batches) for k in sorted(keys)}
+
+
+# ---------------------------------------------------------------- FLOPs and the matmul peak
+
+
+def train_flops(tokens: int, logits_positions: int, nonembed_params: int, vocab: int, hidden: int) -> float:
+    """Model FLOPs of LoRA training steps: forward + backward, backward ~= forward.
+
+    Forward: 2 x non-embedding parameters (LoRA included) per token, plus 2 x vocab x hidden per position whose
+    logits are computed (the output projection; the input embedding is a lookup). Backward: the activation
+    gradients through the frozen weights cost about one forward; frozen weights need no weight gradient and the
+    LoRA ones are ~1 % of the model, so they are left out. Attention scores (~4 x layers x seq x heads x head_dim
+    per token) are left out too, as in the usual 6N convention (which would count backward as 2 forwards).
+    """
+    forward = 2 * nonembed_params * tokens + 2 * vocab * hidden * logits_positions
+    return 2.0 * forward
+
+
+def matmul_peak(dtype: str = "float32", size: int = 2048, reps: int = 5) -> dict:
+    """torch.mm of two size x size matrices, `reps` times after one warm-up: GFLOP/s by wall and by CPU second.
+
+    The best repetition is the peak (other jobs on the cores only slow a repetition down); CPU seconds count every
+    thread of this process, so GFLOP/CPU-s is a per-core figure comparable with tokens per CPU second.
+    """
+    import time
+
+    import torch
+
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    torch.mm(a, b)
+    walls, cpus = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        walls.append(time.perf_counter() - t)
+        cpus.append(max(time.process_time() - c, 1e-9))
+    flop = 2 * size**3
+    return {
+        "dtype": dtype,
+        "size": size,
+        "reps": reps,
+        "threads": torch.get_num_threads(),
+        "gflops_per_s": round(flop / min(walls) / 1e9, 2),
+        "gflops_per_cpu_s": round(flop / min(cpus) / 1e9, 2),
+        "mean_gflops_per_cpu_s": round(flop * reps / sum(cpus) / 1e9, 2),
+    }
 
 
 # ---------------------------------------------------------------- tables

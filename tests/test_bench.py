@@ -35,8 +35,32 @@ def test_cpu_args_defaults_and_quick():
     assert cpu.examples_for("tiny", smoke) == cpu.SMOKE_EXAMPLES == cpu.BATCH * cpu.ACCUM  # one optimizer step
 
 
+def test_cpu_args_real_section():
+    args = cpu.parse_args(["--real"])
+    assert args.real and args.variants == list(cpu.REAL_VARIANTS) and args.real_model == cpu.REAL_MODEL
+    assert (args.steps, args.warmup_steps, args.eval_examples) == (cpu.REAL_STEPS, cpu.REAL_WARMUP, 8)
+    assert args.out == common.RESULTS
+    smoke = cpu.parse_args(["--smoke", "--real"])
+    assert smoke.real_model == cpu.SMOKE_REAL_MODEL and (smoke.steps, smoke.warmup_steps) == (1, 0)
+    assert smoke.variants == list(cpu.REAL_VARIANTS)
+    one = cpu.parse_args(["--real", "--variants", "trl,naive", "--real-model", "smollm2-135m-instruct", "--steps", "2"])
+    assert one.variants == ["trl", "naive"] and one.real_model == "smollm2-135m-instruct" and one.steps == 2
+    again = cpu.parse_args(cpu.real_worker_flags(["trl"], one))  # what a worker process is told
+    assert (again.real, again.variants, again.real_model, again.steps) == (True, ["trl"], one.real_model, 2)
+    assert (again.warmup_steps, again.eval_examples, again.worker) == (one.warmup_steps, one.eval_examples, True)
+
+
 @pytest.mark.parametrize(
-    "argv", [["--variants", "pipeline,fast"], ["--models", "huge"], ["--examples", "4"], ["--threads", "0"]]
+    "argv",
+    [
+        ["--variants", "pipeline,fast"],
+        ["--models", "huge"],
+        ["--examples", "4"],
+        ["--threads", "0"],
+        ["--real", "--variants", "pipeline-grouped"],  # a variant of the other section
+        ["--real", "--steps", "0"],
+        ["--real", "--warmup-steps", "-1"],
+    ],
 )
 def test_cpu_args_refuse_bad_values(argv, capsys):
     with pytest.raises(SystemExit) as err:
@@ -338,6 +362,118 @@ def test_cpu_ratios_targets_and_markdown():
     assert "| cached: hash inputs + datasets.load_from_disk (not in the library) | 100 | 0.00 | 0.00 | 100,000 |" in md
 
 
+def _real_row(variant, tok_cpu, loss_after, rss=2000.0, dtype="float32"):
+    return {
+        "variant": variant,
+        "dtype": dtype,
+        "tokens_per_cpu_s": tok_cpu,
+        "tokens_per_s": tok_cpu / 2,
+        "padding_fraction": 0.1,
+        "logits_fraction": 0.3,
+        "cpu_s_per_step": 20.0,
+        "layer_forwards_per_step": 2.0 if variant == "trl" else 1.0,
+        "gflops_per_cpu_s": 30.0,
+        "last_loss": 2.5,
+        "eval_loss_after": loss_after,
+        "peak_rss_mb": rss,
+        "time_to_first_step_s": 60.0,
+        "steps": 4,
+        "total_params": 271_900_000,
+        "nonembed_params": 104_000_000,
+        "trainable_params": 3_800_000,
+        "vocab": 262_144,
+        "hidden": 640,
+    }
+
+
+def test_real_ratios_targets_and_markdown():
+    rows = [
+        _real_row("pipeline-unsloth", 50.0, 2.80, rss=2900.0, dtype="bfloat16"),
+        _real_row("pipeline", 45.0, 2.79),
+        _real_row("pipeline-full-logits", 20.0, 2.79),
+        _real_row("trl", 20.0, 2.785),
+        _real_row("trl-no-checkpointing", 25.0, 2.785),
+    ]
+    measured = [
+        {"float32": {"gflops_per_cpu_s": 40.0, "size": 2048, "reps": 5, "threads": 1}},
+        {"float32": {"gflops_per_cpu_s": 60.0, "size": 2048, "reps": 5, "threads": 1}, "load_average": [1, 2, 3]},
+    ]
+    peaks = cpu.best_peaks(measured)
+    assert peaks == {"float32": measured[1]["float32"]}  # the better measurement; no bfloat16 measured
+    cpu.add_real_ratios(rows, peaks)
+    assert rows[1]["vs_trl_cpu"] == 2.25 and rows[1]["vs_trl"] == 2.25 and rows[1]["mfu"] == 0.5
+    assert rows[0]["mfu"] is None  # no bfloat16 peak: no MFU rather than one against the wrong peak
+    t = cpu.real_targets(rows)
+    assert t["pipeline"] == {
+        "vs_trl": 2.25,
+        "vs_trl_cpu": 2.25,
+        "peak_rss_mb": 2000.0,
+        "speed_met": True,
+        "eval_loss": 2.79,
+        "trl_eval_loss": 2.785,
+        "loss_met": True,
+        "rss_met": True,
+        "all_met": True,
+        "vs_trl_no_checkpointing_cpu": 1.8,
+    }
+    assert t["pipeline-unsloth"]["loss_met"] is False and t["pipeline-unsloth"]["rss_met"] is False  # 2,900 MiB > 3 GB
+    assert t["trained_positions_speedup_cpu"] == 2.25
+    alone = cpu.real_targets([_real_row("pipeline", 45.0, 2.79)])  # no TRL row: nothing to compare with
+    assert alone["pipeline"]["speed_met"] is None and alone["pipeline"]["loss_met"] is None
+    assert alone["pipeline"]["rss_met"] and not alone["pipeline"]["all_met"]
+    results = {
+        "model": "gemma-3-270m",
+        "device": "CPU, 2 cores",
+        "command": "python bench/cpu.py --real",
+        "settings": {
+            "recipe": "params/cpu/gemma3-270m-hindi-summarization.yaml",
+            "max_seq_length": 512,
+            "lora_r": 16,
+            "lora_alpha": 16,
+            "target_modules": ["q_proj", "v_proj"],
+            "batch": "4 x accumulation 1",
+            "optim": "adamw_torch",
+            "learning_rate": 0.0005,
+            "lr_scheduler_type": "linear",
+            "seed": 3407,
+            "examples": 16,
+            "warmup_steps": 1,
+            "timed_steps": 3,
+            "eval_examples": 8,
+            "torch_threads": 1,
+        },
+        "base_eval": {"eval_loss": 3.4932, "eval_examples": 8},
+        "peak_measurements": measured,
+        "peaks": peaks,
+        "rows": rows,
+        "failed": ["naive"],
+        "targets": t,
+        "wall_s": 1500.0,
+    }
+    md = cpu.render_real_markdown(results)
+    assert (
+        "| pipeline | float32 | 45.0 | 2.25 | 22.5 | 2.25 | 10.0 | 30 | 20.0 | no | 30.0 | 50.0 | 2.500 | 2.790 |" in md
+    )
+    assert "| trl | float32 | 20.0 | 1.00 | 10.0 | 1.00 | 10.0 | 30 | 20.0 | yes |" in md
+    assert "the base model, where every variant starts: 3.493" in md
+    assert "float32 **60.0** GFLOP/CPU-s (before / after the variants: 40.0 / 60.0)" in md
+    assert "Targets, `pipeline`: 2.25x plain TRL's useful tok/CPU-s" in md and "target >= 2: met" in md
+    assert "(same loss: at most 0.01 above; NOT met), peak RSS 2,900 MiB = 3.04 GB (target <= 3 GB: NOT met)" in md
+    assert "Failed (see the worker logs): naive." in md
+    assert "Trained-position logits alone (`pipeline` over `pipeline-full-logits`, CPU time): 2.25x." in md
+
+
+def test_every_real_variant_is_the_recipe(tmp_path):
+    for variant, (_, backend) in cpu.REAL_VARIANTS.items():
+        cfg = cpu.real_config(variant, "tiny-gemma2", 4, tmp_path)
+        assert cfg.model.backend == (backend or "transformers") and cfg.model.max_seq_length == 512
+        assert (cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.logging_steps) == (4, 0, 1)
+        assert cfg.lora.use_gradient_checkpointing is False and cfg.train.per_device_train_batch_size == 4
+        assert cfg.train.group_by_length is (variant != "naive")  # the recipe's default; naive draws at random
+    assert [v for v in cpu.REAL_VARIANTS if cpu.uses_unsloth(v, real=True)] == ["pipeline-unsloth"]
+    assert [v for v in cpu.REAL_VARIANTS if cpu.trained_positions_used(v)] == ["pipeline-unsloth", "pipeline"]
+
+
 def test_gpu_compare_and_markdown():
     rows = [
         {"model": "gemma2-9b", "backend": "unsloth", "tokens_per_s": 3000.0, "peak_reserved_gb": 10.0, "mfu": 0.17},
@@ -379,6 +515,36 @@ def test_bench_conversations_mix_both_samples():
     assert convs == common.bench_conversations(300)  # seeded
     firsts = {c[0]["role"] for c in convs}
     assert firsts == {"user", "system"}  # summarization (user first) and chat (system prompts) both present
+
+
+def test_token_counter_counts_logits_positions():
+    import torch
+
+    def collate(examples):
+        return {
+            "input_ids": torch.tensor([[5, 6, 7, 8, 0], [8, 9, 4, 0, 0]]),
+            "labels": torch.tensor([[-100, -100, 7, 8, -100], [-100, 9, -100, -100, -100]]),
+        }
+
+    full = common.TokenCounter(collate, pad_token_id=0)
+    full([])
+    assert full.per_batch == [{"slots": 10, "real": 7, "supervised": 3, "logits": 7, "logits_slots": 10}]
+    # trained positions: columns 0 and 1 predict a trained token in some row (labels 9 at 1, 7 at 2, 8 at 3: 0, 1, 2)
+    part = common.TokenCounter(collate, pad_token_id=0, trained_positions=True)
+    part([])
+    part([])
+    assert part.per_batch[0] == {"slots": 10, "real": 7, "supervised": 3, "logits": 6, "logits_slots": 6}
+    assert common.summed(part.per_batch) == {"logits": 12, "logits_slots": 12, "real": 14, "slots": 20, "supervised": 6}
+
+
+def test_train_flops_and_matmul_peak():
+    # Gemma-3 270M with LoRA r16: ~104M non-embedding parameters, a 262,144 x 640 output projection
+    flops = common.train_flops(
+        tokens=1000, logits_positions=200, nonembed_params=104_000_000, vocab=262_144, hidden=640
+    )
+    assert flops == 2 * (2 * 104e6 * 1000 + 2 * 262_144 * 640 * 200)
+    peak = common.matmul_peak("float32", size=64, reps=2)
+    assert peak["gflops_per_cpu_s"] > 0 and peak["gflops_per_s"] > 0 and (peak["size"], peak["reps"]) == (64, 2)
 
 
 def test_token_counter_counts_real_padded_and_supervised_tokens():
@@ -453,6 +619,23 @@ def test_every_cpu_variant_starts(tiny_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for variant in cpu.VARIANTS:
         assert f"{variant}: ok (1 optimizer step(s))" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_every_real_model_variant_starts(tiny_path):
+    """`bench/cpu.py --smoke --real`: every real-model variant trains one step and scores the held-out loss, on the
+    tiny model (the real one is not needed; ~1 min: three processes at once), and the matmul-peak worker runs."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "cpu.py"), "--smoke", "--real"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=BENCH.parent,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for variant in cpu.REAL_VARIANTS:
+        assert f"{variant}: ok (1 optimizer step(s))" in done.stdout, done.stdout[-3000:]
+    assert "matmul peak: ok" in done.stdout
 
 
 def test_cpu_main_validates_before_running(capsys):
