@@ -119,3 +119,14 @@ def test_preview_says_whether_bos_opens_each_example_once():
 
     assert bos_line("<bos>", 2, [[2, 5, 6], [2, 7]]) == "<bos>: opens 2 of 2 examples, never twice"
     assert bos_line("<bos>", 2, [[2, 2, 5], [5, 2]]).endswith("1 have it more than once: fix the template or tokenizer")
+
+
+def test_checkpointing_off_in_the_config_is_off_for_the_unsloth_trainer_too(tmp_path):
+    """TRL's SFTConfig defaults to gradient_checkpointing=True: with unsloth it made every layer run twice."""
+    from unsloth_sft.train import sft_config
+
+    off = small_config(tmp_path, "lora.use_gradient_checkpointing=false")
+    on = small_config(tmp_path, "lora.use_gradient_checkpointing=unsloth")
+    assert sft_config(off, tmp_path, backend="unsloth").gradient_checkpointing is False
+    assert sft_config(off, tmp_path, backend="transformers").gradient_checkpointing is False
+    assert sft_config(on, tmp_path, backend="unsloth").gradient_checkpointing is True

@@ -54,8 +54,13 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
         padding_free=t.padding_free,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # transformers backend: load_model already set checkpointing as lora.use_gradient_checkpointing says;
-        # SFTConfig's default (True) would turn it on regardless. unsloth manages its own.
-        **({"gradient_checkpointing": False} if backend == "transformers" else {}),
+        # SFTConfig's default (True) would turn it on regardless. unsloth sets its own in get_peft_model, and the
+        # Trainer must not add a second pass when the config turns it off (it did: every layer ran twice).
+        **(
+            {"gradient_checkpointing": False}
+            if backend == "transformers" or not cfg.lora.use_gradient_checkpointing
+            else {}
+        ),
         bf16=bf16,
         fp16=cuda and not bf16 and cfg.model.dtype != "float32",
         use_cpu=not cuda,
