@@ -157,7 +157,9 @@ def test_hindi_sample_size_and_prompt(tmp_path, tokenizer):
 
 
 def test_hindi_sample_custom_instruction_and_system_prompt(tmp_path, tokenizer):
-    p = prep(tmp_path, tokenizer, "sample:hindi-dialogsum", "data.instruction=Summarize.", "data.system_prompt=Be short.")
+    p = prep(
+        tmp_path, tokenizer, "sample:hindi-dialogsum", "data.instruction=Summarize.", "data.system_prompt=Be short."
+    )
     conv = p.train_conversations[0]
     assert conv[0] == {"role": "system", "content": "Be short."}
     assert conv[1]["content"].startswith("Summarize.\n\n#Person1#")
@@ -232,7 +234,7 @@ def test_tiny_book_blocks(tmp_path, tokenizer):
             assert row["labels"] == row["input_ids"]
     book = (SAMPLES / "tiny-book" / "book.txt").read_text(encoding="utf-8")
     all_ids = list(p.train["input_ids"]) + list(p.test["input_ids"])
-    expected = ([tokenizer.bos_token_id] + tokenizer(book, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+    expected = [tokenizer.bos_token_id] + tokenizer(book, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     n_blocks = len(expected) // 64
     assert len(all_ids) == n_blocks
     assert sorted(all_ids) == sorted(expected[i * 64 : (i + 1) * 64] for i in range(n_blocks))
@@ -538,7 +540,9 @@ def chat_row(*messages) -> dict:
 
 
 def test_messages_unknown_role(tmp_path, bad):
-    path = write_jsonl(tmp_path / "d.jsonl", [chat_row(("user", "hi"), ("assistant", "yo")), chat_row(("user", "hi"), ("bot", "yo"))])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [chat_row(("user", "hi"), ("assistant", "yo")), chat_row(("user", "hi"), ("bot", "yo"))]
+    )
     msg = bad(path, "data.test_size=0")
     assert str(path) in msg and "line 2" in msg and "messages[1].role" in msg and "'bot'" in msg
 
@@ -576,8 +580,13 @@ def test_column_of_wrong_type(tmp_path, bad):
 
 
 def test_empty_answer_is_skipped_and_counted(tmp_path, tokenizer):
-    rows = [qa_rows(1)[0], {"question": "x", "answer": ""}, qa_rows(2)[1], {"question": "y", "answer": "  "},
-            {"question": "z", "answer": None}]
+    rows = [
+        qa_rows(1)[0],
+        {"question": "x", "answer": ""},
+        qa_rows(2)[1],
+        {"question": "y", "answer": "  "},
+        {"question": "z", "answer": None},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     p = prep(tmp_path, tokenizer, path, "data.test_size=0")
     assert len(p.train) == 2 and p.skipped == 3

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, small_config
 
 ACCELERATE_CPU = ROOT / "params" / "accelerate" / "cpu-2proc.yaml"
@@ -21,7 +20,7 @@ STEPS, BATCH = 4, 2
 # checks. Per-rank files go to OUT (outside the run folder): the rows each rank trained on, its LoRA weights
 # after training, and every write it made under the run folder (Python audit events: open for writing, mkdir,
 # rename, remove), so "rank 1 never writes" is observed, not assumed.
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import hashlib, json, os, sys
     from pathlib import Path
 
@@ -70,7 +69,7 @@ DRIVER = textwrap.dedent('''
     save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, str(out / f"lora-rank{rank}.safetensors"))
     metrics = pipeline.finish(run)
     (out / f"rank{rank}.json").write_text(json.dumps({"rows": rows, "writes": writes, "steps": metrics["steps"]}))
-''')
+""")
 
 
 def _free_port() -> int:
@@ -83,9 +82,15 @@ def _params(tmp_path: Path, *overrides: str) -> Path:
     """The tiny model, 16-bit LoRA, transformers backend, a few steps: a params file both launchers can read."""
     import yaml
 
-    cfg = small_config(tmp_path, "model.backend=transformers", f"train.max_steps={STEPS}",
-                       f"train.per_device_train_batch_size={BATCH}", "train.gradient_accumulation_steps=1",
-                       "model.max_seq_length=256", *overrides)
+    cfg = small_config(
+        tmp_path,
+        "model.backend=transformers",
+        f"train.max_steps={STEPS}",
+        f"train.per_device_train_batch_size={BATCH}",
+        "train.gradient_accumulation_steps=1",
+        "model.max_seq_length=256",
+        *overrides,
+    )
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
     return path
@@ -112,8 +117,21 @@ def test_two_cpu_processes_shard_data_and_rank0_writes_once(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
-    _launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU),
-             "--main_process_port", str(_free_port()), str(tmp_path / "driver.py"), str(params), str(out)], tmp_path)
+    _launch(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ACCELERATE_CPU),
+            "--main_process_port",
+            str(_free_port()),
+            str(tmp_path / "driver.py"),
+            str(params),
+            str(out),
+        ],
+        tmp_path,
+    )
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     # Each rank trained on its own shard: STEPS x BATCH rows, none shared.
@@ -160,8 +178,21 @@ def test_torchrun_cli_trains_with_two_processes(tmp_path, backend):
         if not unsloth_available():
             pytest.skip("unsloth does not import here")
     params = _params(tmp_path, f"model.backend={backend}")
-    proc = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "unsloth_sft", "train", str(params)], tmp_path)
+    proc = _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "unsloth_sft",
+            "train",
+            str(params),
+        ],
+        tmp_path,
+    )
     assert "2 processes x 2 per device x 1 accumulation = effective batch 4" in proc.stdout
     run_dir = tmp_path / "t"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -187,8 +218,8 @@ def test_sharded_launch_refuses_unsloth_before_writing(tmp_path, monkeypatch):
 
 def test_launch_checks(tmp_path, monkeypatch):
     """DDP keeps the backend asked for; a sharded launch turns auto into transformers and refuses 4-bit."""
-    from unsloth_sft.errors import ConfigError
     from unsloth_sft.distributed import check_launch
+    from unsloth_sft.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for backend in ("unsloth", "auto", "transformers"):  # DDP: each rank holds the whole model

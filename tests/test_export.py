@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import small_config
 
 pytestmark = pytest.mark.slow
@@ -50,7 +49,9 @@ class HubStandIn(BaseHTTPRequestHandler):
             return self._send({"url": f"{base}/me/tiny", "name": "me/tiny"})
         if "/preupload/" in self.path:
             files = json.loads(data)["files"]
-            return self._send({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return self._send(
+                {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         return self._send({"commitUrl": f"{base}/me/tiny/commit/{'a' * 40}", "commitOid": "a" * 40})
 
     def log_message(self, *args):
@@ -63,9 +64,19 @@ def test_export_merged_and_push_to_stand_in(run_dir, tmp_path):
     HubStandIn.calls = []
     server = HTTPServer(("127.0.0.1", 0), HubStandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "HF_TOKEN": SECRET, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_OFFLINE": "0"}
-    done = subprocess.run([*CLI, "export", str(run_dir), "--method", "merged_16bit", "--push-to-hub", "me/tiny", "--private"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_TOKEN": SECRET,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "HF_HUB_OFFLINE": "0",
+    }
+    done = subprocess.run(
+        [*CLI, "export", str(run_dir), "--method", "merged_16bit", "--push-to-hub", "me/tiny", "--private"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     server.shutdown()
     assert done.returncode == 0, done.stderr[-2000:]
     assert SECRET not in done.stdout + done.stderr
@@ -74,8 +85,11 @@ def test_export_merged_and_push_to_stand_in(run_dir, tmp_path):
     assert any("/commit/main" in p for p in paths)
     assert all(auth == f"Bearer {SECRET}" for _, auth, _ in HubStandIn.calls)
     commit = next(c[2].decode() for c in HubStandIn.calls if "/commit/" in c[0])
-    uploaded = {json.loads(line)["value"]["path"]: json.loads(line)["value"] for line in commit.splitlines()
-                if json.loads(line)["key"] == "file"}
+    uploaded = {
+        json.loads(line)["value"]["path"]: json.loads(line)["value"]
+        for line in commit.splitlines()
+        if json.loads(line)["key"] == "file"
+    }
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= set(uploaded)
     card = base64.b64decode(uploaded["README.md"]["content"]).decode()
     assert "library_name: transformers" in card and "- sft" in card and SECRET not in card
@@ -88,8 +102,11 @@ def test_token_in_params_or_flag_is_refused(run_dir, tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text(f"export:\n  hub_token: {SECRET}\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    for args in (["train", str(params)], ["train", str(Path(__file__).parents[1] / "params/demo-cpu.yaml"), "--set", f"hf_token={SECRET}"],
-                 ["export", str(run_dir), "--token", SECRET]):
+    for args in (
+        ["train", str(params)],
+        ["train", str(Path(__file__).parents[1] / "params/demo-cpu.yaml"), "--set", f"hf_token={SECRET}"],
+        ["export", str(run_dir), "--token", SECRET],
+    ):
         done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, args
         assert "HF_TOKEN" in done.stderr and SECRET not in done.stderr + done.stdout
@@ -99,7 +116,9 @@ def test_token_in_params_or_flag_is_refused(run_dir, tmp_path):
 
 def test_unsloth_only_methods_explain_themselves(run_dir):
     for method in ("gguf", "merged_4bit_forced"):
-        done = subprocess.run([*CLI, "export", str(run_dir), "--method", method], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*CLI, "export", str(run_dir), "--method", method], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 2
         assert "needs the unsloth backend on a CUDA GPU" in done.stderr and "merged_16bit" in done.stderr
 
@@ -111,7 +130,9 @@ def test_sharded_merge_reloads(run_dir, tmp_path):
     from unsloth_sft.export import merge_adapter
     from unsloth_sft.model import resolve_model_path
 
-    out = merge_adapter(resolve_model_path("tiny-gemma2"), run_dir / "adapter", tmp_path / "sharded", max_shard_size="300KB")
+    out = merge_adapter(
+        resolve_model_path("tiny-gemma2"), run_dir / "adapter", tmp_path / "sharded", max_shard_size="300KB"
+    )
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) >= 2 and (out / "model.safetensors.index.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(out)

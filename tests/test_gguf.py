@@ -15,8 +15,40 @@ from unsloth_sft import gguf_models as G
 from unsloth_sft.errors import ModelError
 
 CONTROL, NORMAL, UNKNOWN, USER, BYTE = 3, 1, 2, 4, 6
-PIECES = ["▁", "a", "b", "c", "d", "e", "h", "l", "o", "w", "r", "म", "न", "ab", "▁a", "▁ab", "abc", "he", "hel",
-          "hell", "hello", "▁w", "or", "orl", "▁worl", "▁world", "नम", "▁h", "▁hello", "ll", "lo", "ld"]
+PIECES = [
+    "▁",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "h",
+    "l",
+    "o",
+    "w",
+    "r",
+    "म",
+    "न",
+    "ab",
+    "▁a",
+    "▁ab",
+    "abc",
+    "he",
+    "hel",
+    "hell",
+    "hello",
+    "▁w",
+    "or",
+    "orl",
+    "▁worl",
+    "▁world",
+    "नम",
+    "▁h",
+    "▁hello",
+    "ll",
+    "lo",
+    "ld",
+]
 
 
 def sentencepiece_meta(add_bos: bool = True) -> dict:
@@ -32,9 +64,25 @@ def sentencepiece_meta(add_bos: bool = True) -> dict:
     scores = [0.0] * (len(tokens) - len(PIECES)) + [-float(i) for i in range(len(PIECES))]
     # single characters get low scores, merged pieces the order in PIECES (earlier = merged first)
     scores = [s - 100 if types[i] == NORMAL and len(tokens[i]) == 1 else s for i, s in enumerate(scores)]
-    return {"architecture": "llama", "name": "toy", "license": "apache-2.0", "model": "llama", "pre": "default",
-            "tokens": tokens, "scores": scores, "types": types, "merges": None, "bos": 2, "eos": 1, "unk": 3,
-            "pad": 0, "add_bos": add_bos, "add_eos": False, "add_space_prefix": False, "chat_template": None}
+    return {
+        "architecture": "llama",
+        "name": "toy",
+        "license": "apache-2.0",
+        "model": "llama",
+        "pre": "default",
+        "tokens": tokens,
+        "scores": scores,
+        "types": types,
+        "merges": None,
+        "bos": 2,
+        "eos": 1,
+        "unk": 3,
+        "pad": 0,
+        "add_bos": add_bos,
+        "add_eos": False,
+        "add_space_prefix": False,
+        "chat_template": None,
+    }
 
 
 def test_rebuilt_tokenizer_matches_the_vocabulary_merge_by_merge():
@@ -71,8 +119,13 @@ def test_check_refuses_a_tokenizer_that_splits_differently_from_the_gguf():
     data["model"]["merges"] = []
     from tokenizers import Tokenizer
 
-    broken = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>",
-                                     eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    broken = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     with pytest.raises(ModelError, match="GGUF vocabulary says"):
         G.check_tokenizer(broken, meta)
     wrong_eos = G.build_tokenizer({**sentencepiece_meta(), "eos": 0})
@@ -80,7 +133,9 @@ def test_check_refuses_a_tokenizer_that_splits_differently_from_the_gguf():
         G.check_tokenizer(wrong_eos, meta)
 
 
-def write_toy_gguf(path, meta: dict, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, ffn: int = 64):
+def write_toy_gguf(
+    path, meta: dict, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, ffn: int = 64
+):
     """A random llama-architecture GGUF (f32 tensors) with `meta`'s vocabulary."""
     import gguf
 
@@ -152,7 +207,10 @@ def test_a_gguf_file_converts_once_into_a_cached_folder_that_trains(tmp_path, mo
     from gguf import GGUFReader
 
     embd = next(t for t in GGUFReader(str(gguf_file)).tensors if t.name == "token_embd.weight")
-    assert torch.equal(model.model.embed_tokens.weight, torch.from_numpy(np.array(embd.data)).reshape(model.model.embed_tokens.weight.shape))
+    assert torch.equal(
+        model.model.embed_tokens.weight,
+        torch.from_numpy(np.array(embd.data)).reshape(model.model.embed_tokens.weight.shape),
+    )
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert G.gguf_model_path(str(gguf_file)) == folder  # the second call reuses the cache
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
@@ -165,8 +223,9 @@ def test_bad_gguf_names_fail_with_the_fix(tmp_path, monkeypatch):
 
     with pytest.raises(ModelError, match="no such GGUF file"):
         resolve_model_path(str(tmp_path / "missing.gguf"))
-    entry = G.PackagedModel("fake", ("no_such_package_xyz",), ("x.gguf",), "", "other", None, "x/y", None,
-                            "pip install no-such-package")
+    entry = G.PackagedModel(
+        "fake", ("no_such_package_xyz",), ("x.gguf",), "", "other", None, "x/y", None, "pip install no-such-package"
+    )
     monkeypatch.setitem(G.CATALOGUE, "fake", entry)
     with pytest.raises(ModelError, match="not installed; run: pip install no-such-package"):
         resolve_model_path("fake")

@@ -101,11 +101,9 @@ def test_rouge_rejects_mismatched_lengths():
         rouge(["a"], ["a", "b"])
 
 
-_WORD_CHARS = [
-    chr(code)
-    for code in range(0x0900, 0x0980)
-    if unicodedata.category(chr(code))[0] in "LMN"
-] + list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_WORD_CHARS = [chr(code) for code in range(0x0900, 0x0980) if unicodedata.category(chr(code))[0] in "LMN"] + list(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -211,9 +209,7 @@ def test_perplexity():
 
 
 def test_text_metrics_gsm8k():
-    assert text_metrics(["#### 42", "#### 1"], ["#### 42", "#### 2"], "gsm8k") == {
-        "exact_match": 0.5
-    }
+    assert text_metrics(["#### 42", "#### 1"], ["#### 42", "#### 2"], "gsm8k") == {"exact_match": 0.5}
 
 
 @pytest.mark.parametrize("task", ["summarization", "qa", "chat", "instruction", "completion"])

@@ -20,8 +20,9 @@ def test_pairs_agree_and_are_clean(py):
     """The .ipynb is the .py in notebook form, with a parameters cell and no stored outputs."""
     nb = py.with_suffix(".ipynb")
     assert nb.is_file(), f"{nb} missing: jupytext --update --to ipynb {py}"
-    as_py = subprocess.run([BIN / "jupytext", "--to", "py:percent", "-o", "-", str(nb)], capture_output=True,
-                           text=True, check=True).stdout
+    as_py = subprocess.run(
+        [BIN / "jupytext", "--to", "py:percent", "-o", "-", str(nb)], capture_output=True, text=True, check=True
+    ).stdout
     assert as_py == py.read_text(encoding="utf-8"), f"run: jupytext --update --to ipynb {py}"
     cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
@@ -35,8 +36,14 @@ SECRET = "hf_NOTEBOOKsecret0123456789"
 def _papermill(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # HF_TOKEN is in the environment, as on a user's machine: it must not reach the executed notebook.
     env = {**os.environ, "HF_TOKEN": SECRET}
-    return subprocess.run([str(BIN / "papermill"), *args, "--no-progress-bar"], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [str(BIN / "papermill"), *args, "--no-progress-bar"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,16 @@ def demo_run(tmp_path_factory):
     """The README's headless command, on the demo recipe (shortened with -p max_steps)."""
     work = tmp_path_factory.mktemp("nb")
     (work / "runs" / "demo").mkdir(parents=True)
-    done = _papermill(str(ROOT / "notebooks/train.ipynb"), "runs/demo/train.ipynb", "-f", str(ROOT / "params/demo-cpu.yaml"),
-                      "-p", "max_steps", "8", cwd=work)
+    done = _papermill(
+        str(ROOT / "notebooks/train.ipynb"),
+        "runs/demo/train.ipynb",
+        "-f",
+        str(ROOT / "params/demo-cpu.yaml"),
+        "-p",
+        "max_steps",
+        "8",
+        cwd=work,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return work
 
@@ -70,9 +85,16 @@ def test_train_notebook_writes_metrics(demo_run):
 @pytest.mark.slow
 def test_evaluate_and_infer_notebooks(demo_run):
     for name in ("evaluate", "infer"):
-        done = _papermill(str(ROOT / f"notebooks/{name}.ipynb"), f"runs/demo/{name}.ipynb", "-f",
-                          str(ROOT / "params/demo-cpu.yaml"), "-p", "overrides", '["eval.max_new_tokens=6", "eval.num_examples=4"]',
-                          cwd=demo_run)
+        done = _papermill(
+            str(ROOT / f"notebooks/{name}.ipynb"),
+            f"runs/demo/{name}.ipynb",
+            "-f",
+            str(ROOT / "params/demo-cpu.yaml"),
+            "-p",
+            "overrides",
+            '["eval.max_new_tokens=6", "eval.num_examples=4"]',
+            cwd=demo_run,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((demo_run / "runs/demo/eval/metrics.json").read_text())
     assert report["metrics"]["eval_loss"]["tuned"] < report["metrics"]["eval_loss"]["base"]
@@ -83,7 +105,9 @@ def test_evaluate_and_infer_notebooks(demo_run):
 @pytest.mark.slow
 def test_dataset_shortcut_and_unknown_parameter(demo_run, tmp_path):
     """-p dataset points the notebook at a local file; an unknown -p stops it with a one-line error."""
-    rows = [{"संवाद": f"#Person1#: नमस्ते {i}\n#Person2#: जी {i}", "सारांश": f"दोनों ने {i} बार नमस्ते कहा।"} for i in range(12)]
+    rows = [
+        {"संवाद": f"#Person1#: नमस्ते {i}\n#Person2#: जी {i}", "सारांश": f"दोनों ने {i} बार नमस्ते कहा।"} for i in range(12)
+    ]
     csv = tmp_path / "mine.csv"
     import csv as csvlib
 
@@ -92,15 +116,41 @@ def test_dataset_shortcut_and_unknown_parameter(demo_run, tmp_path):
         w.writeheader()
         w.writerows(rows)
     (demo_run / "runs" / "mine").mkdir()
-    done = _papermill(str(ROOT / "notebooks/train.ipynb"), "runs/mine/train.ipynb", "-f", str(ROOT / "params/demo-cpu.yaml"),
-                      "-p", "run_name", "mine", "-p", "dataset", str(csv), "-p", "max_steps", "3",
-                      "-p", "overrides", '["data.columns.dialogue=संवाद", "data.columns.summary=सारांश", "export.save_methods=[lora]"]',
-                      cwd=demo_run)
+    done = _papermill(
+        str(ROOT / "notebooks/train.ipynb"),
+        "runs/mine/train.ipynb",
+        "-f",
+        str(ROOT / "params/demo-cpu.yaml"),
+        "-p",
+        "run_name",
+        "mine",
+        "-p",
+        "dataset",
+        str(csv),
+        "-p",
+        "max_steps",
+        "3",
+        "-p",
+        "overrides",
+        '["data.columns.dialogue=संवाद", "data.columns.summary=सारांश", "export.save_methods=[lora]"]',
+        cwd=demo_run,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((demo_run / "runs/mine/metrics.json").read_text())["steps"] == 3
     (demo_run / "runs" / "bad").mkdir()
-    bad = _papermill(str(ROOT / "notebooks/train.ipynb"), "runs/bad/train.ipynb", "-f", str(ROOT / "params/demo-cpu.yaml"),
-                     "-p", "run_name", "bad", "-p", "learning_rate", "0.1", cwd=demo_run)
+    bad = _papermill(
+        str(ROOT / "notebooks/train.ipynb"),
+        "runs/bad/train.ipynb",
+        "-f",
+        str(ROOT / "params/demo-cpu.yaml"),
+        "-p",
+        "run_name",
+        "bad",
+        "-p",
+        "learning_rate",
+        "0.1",
+        cwd=demo_run,
+    )
     assert bad.returncode != 0
     assert "unknown notebook parameter(s): learning_rate" in bad.stderr + bad.stdout
     assert not (demo_run / "runs/bad/config.yaml").exists()
@@ -109,14 +159,41 @@ def test_dataset_shortcut_and_unknown_parameter(demo_run, tmp_path):
 @pytest.mark.slow
 def test_unsloth_sft_notebook_command(tmp_path):
     """README command 1's form: `unsloth-sft notebook NOTEBOOK PARAMS --set ...` validates, runs, writes the run."""
-    done = subprocess.run([str(BIN / "unsloth-sft"), "notebook", str(ROOT / "notebooks/train.ipynb"), str(ROOT / "params/demo-cpu.yaml"),
-                           "--set", f"output_dir={tmp_path}", "--set", "train.max_steps=3", "--set", "overwrite=true"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(BIN / "unsloth-sft"),
+            "notebook",
+            str(ROOT / "notebooks/train.ipynb"),
+            str(ROOT / "params/demo-cpu.yaml"),
+            "--set",
+            f"output_dir={tmp_path}",
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "overwrite=true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "demo" / "train.ipynb").is_file()
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["steps"] == 3
     assert f"finished {tmp_path / 'demo'}: 3 steps" in done.stdout  # a summary, not only the notebook's path
     assert f"unsloth-sft eval --run {tmp_path / 'demo'}" in done.stdout
-    bad = subprocess.run([str(BIN / "unsloth-sft"), "notebook", str(ROOT / "notebooks/train.ipynb"), str(ROOT / "params/demo-cpu.yaml"),
-                          "--set", "train.max_step=3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            str(BIN / "unsloth-sft"),
+            "notebook",
+            str(ROOT / "notebooks/train.ipynb"),
+            str(ROOT / "params/demo-cpu.yaml"),
+            "--set",
+            "train.max_step=3",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "did you mean 'max_steps'" in bad.stderr

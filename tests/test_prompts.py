@@ -116,7 +116,7 @@ def test_multi_turn_one_span_per_assistant_turn(tokenizer):
     assert [r.text[s:e] for s, e in r.spans] == [a + EOT for a in answers]
     assert r.text.count("<bos>") == 1
     # Spans are increasing and disjoint, with a user turn between them.
-    for (s1, e1), (s2, e2) in zip(r.spans, r.spans[1:]):
+    for (_s1, e1), (s2, _e2) in zip(r.spans, r.spans[1:]):
         assert e1 < s2
         assert "<start_of_turn>user\n" in r.text[e1:s2]
 
@@ -267,4 +267,4 @@ def test_one_shot_prompt_puts_a_worked_example_first(tokenizer, template):
     one = prompts_for(tokenizer, [test], template, shot)[0]
     assert one.count("<bos>") == 1 and one.startswith("<bos>")
     assert one.index("What is 2 + 2?") < one.index("#### 4") < one.index("What is 3 + 5?")
-    assert one.endswith(zero[len("<bos>"):]) and "#### 8" not in one
+    assert one.endswith(zero[len("<bos>") :]) and "#### 8" not in one

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -34,13 +33,17 @@ VALID = {
     "data.source": SAFE_NAME.map(lambda s: f"sample:{s}"),
     "data.system_prompt": st.none() | st.text(ANY_TEXT, max_size=40),
     "data.instruction": st.none() | st.text(ANY_TEXT, max_size=40),
-    "data.columns": st.dictionaries(st.sampled_from(["dialogue", "summary", "question"]), st.text(ANY_TEXT, min_size=1, max_size=10)),
+    "data.columns": st.dictionaries(
+        st.sampled_from(["dialogue", "summary", "question"]), st.text(ANY_TEXT, min_size=1, max_size=10)
+    ),
     "data.test_size": st.sampled_from([0, 0.1, 0.5, 3, 10]),
     "model.max_seq_length": st.integers(min_value=1, max_value=1 << 20),
     "eval.temperature": st.floats(min_value=0.01, max_value=5),
     "eval.num_shots": st.sampled_from([0, 1]),
     "export.push_to_hub": st.none() | st.tuples(SAFE_NAME, SAFE_NAME).map("/".join),
-    "export.save_methods": st.lists(st.sampled_from(["lora", "merged_16bit", "merged_4bit_forced", "gguf"]), min_size=1),
+    "export.save_methods": st.lists(
+        st.sampled_from(["lora", "merged_16bit", "merged_4bit_forced", "gguf"]), min_size=1
+    ),
 }
 
 
@@ -72,7 +75,9 @@ def test_config_round_trips_through_yaml(tmp_path, overrides):
 @given(steps=st.integers(min_value=1, max_value=10**9), name=SAFE_NAME, packing=st.booleans())
 def test_string_overrides_parse_like_typed_ones(steps, name, packing):
     # Names such as "1e5", "007" or "true" would be YAML-typed; tuples keep them as text.
-    cfg = load_config(overrides=[f"train.max_steps={steps}", f"train.packing={str(packing).lower()}", ("run_name", name)])
+    cfg = load_config(
+        overrides=[f"train.max_steps={steps}", f"train.packing={str(packing).lower()}", ("run_name", name)]
+    )
     assert (cfg.train.max_steps, cfg.train.packing, cfg.run_name) == (steps, packing, name)
 
 
@@ -168,6 +173,7 @@ def test_plain_trained_span_is_exactly_the_completion(tokenizer, prompt, complet
     ids, labels = tokenized(tokenizer, chat_conv([(prompt, completion)], None), "plain")
     assert trained_runs(tokenizer, ids, labels) == [completion + EOS]
     # And the inference prompt encodes to the tokens training saw before the completion.
-    prompt_ids = tokenizer(render_prompt(tokenizer, chat_conv([(prompt, completion)], None), "plain"),
-                           add_special_tokens=False).input_ids
+    prompt_ids = tokenizer(
+        render_prompt(tokenizer, chat_conv([(prompt, completion)], None), "plain"), add_special_tokens=False
+    ).input_ids
     assert ids[: len(prompt_ids)] == prompt_ids

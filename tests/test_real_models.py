@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import small_config
 
 SMOL = "smollm2-135m-instruct"
@@ -90,7 +89,10 @@ def test_smollm2_converts_trains_and_carries_its_source_and_licence(tmp_path):
     )
     run = pipeline.start(cfg)
     tok = run.loaded.tokenizer
-    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")  # not <|im_start|> / none, as transformers' GGUF tokenizer has it
+    assert (tok.eos_token, tok.pad_token) == (
+        "<|im_end|>",
+        "<|endoftext|>",
+    )  # not <|im_start|> / none, as transformers' GGUF tokenizer has it
     assert len(tok(CHECK_STRINGS[0]).input_ids) < len(CHECK_STRINGS[0]) / 3  # real BPE merges, not characters
     before = {n: p.detach().clone() for n, p in run.loaded.model.named_parameters() if "lora_B" in n}
     metrics = pipeline.fit(run)

@@ -26,8 +26,13 @@ def test_recipe_trains_and_evaluates(name, tmp_path):
     from unsloth_sft.config import load_config
     from unsloth_sft.evaluate import evaluate_run
 
-    overrides = [f"output_dir={tmp_path}", "train.max_steps=4", "eval.num_examples=2", "eval.max_new_tokens=4",
-                 "model.backend=transformers"]
+    overrides = [
+        f"output_dir={tmp_path}",
+        "train.max_steps=4",
+        "eval.num_examples=2",
+        "eval.max_new_tokens=4",
+        "model.backend=transformers",
+    ]
     args = ["train", str(ROOT / "params" / "cpu" / f"{name}.yaml")]
     for item in overrides:
         args += ["--set", item]
@@ -80,6 +85,10 @@ def test_packing_keeps_each_examples_mask(tmp_path):
 
     script = tmp_path / "check.py"
     script.write_text(PACKING_CHECK)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "packing ok" in done.stdout, done.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from conftest import small_config
 
 
@@ -14,13 +13,16 @@ def _tracking_config(tmp_path, monkeypatch, *trackers: str):
     for var in ("TENSORBOARD_LOGGING_DIR", "WANDB_DIR", "WANDB_PROJECT"):
         monkeypatch.setenv(var, "unset-by-test")
         monkeypatch.delenv(var)
-    return small_config(tmp_path, "model.backend=transformers", "train.max_steps=3",
-                        f"train.report_to=[{', '.join(trackers)}]")
+    return small_config(
+        tmp_path, "model.backend=transformers", "train.max_steps=3", f"train.report_to=[{', '.join(trackers)}]"
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
-                    reason="tensorboard not installed (pip install tensorboard, or the [tracking] extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None,
+    reason="tensorboard not installed (pip install tensorboard, or the [tracking] extra)",
+)
 def test_tensorboard_logs_land_in_run_folder_with_config(tmp_path, monkeypatch):
     """RUN_DIR/logs holds the loss curve, the run name and the resolved config; nothing under checkpoints/runs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -71,10 +73,9 @@ def test_report_to_is_checked(tmp_path):
     """An unknown tracker, or one whose package is missing, is refused in one line with the fix."""
     from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
+    from unsloth_sft import pipeline
     from unsloth_sft.errors import ConfigError
     from unsloth_sft.tracking import trackers
-
-    from unsloth_sft import pipeline
 
     assert trackers(small_config(tmp_path)) == []
     cfg = small_config(tmp_path, "train.report_to=[tensorbored]")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import small_config
 
 pytestmark = pytest.mark.slow
@@ -21,8 +20,13 @@ def test_qlora_trains_lora_only(tmp_path, backend):
     """4-bit base + LoRA: loss falls, every LoRA matrix B moves, no base weight changes."""
     from unsloth_sft import pipeline
 
-    cfg = small_config(tmp_path, f"model.backend={backend}", "model.load_in_4bit=true", "train.max_steps=12",
-                       "export.save_methods=[lora]")
+    cfg = small_config(
+        tmp_path,
+        f"model.backend={backend}",
+        "model.load_in_4bit=true",
+        "train.max_steps=12",
+        "export.save_methods=[lora]",
+    )
     run = pipeline.start(cfg)
     assert run.loaded.backend == backend
     before = _snapshot(run.loaded.model)
@@ -77,8 +81,13 @@ def test_full_finetune_saves_whole_model(tmp_path):
     """finetune: full trains every weight (no adapter) and saves the model as merged/."""
     from unsloth_sft import pipeline
 
-    cfg = small_config(tmp_path, "finetune=full", "model.backend=transformers", "export.save_methods=[merged_16bit]",
-                       "train.learning_rate=0.001")
+    cfg = small_config(
+        tmp_path,
+        "finetune=full",
+        "model.backend=transformers",
+        "export.save_methods=[merged_16bit]",
+        "train.learning_rate=0.001",
+    )
     run = pipeline.start(cfg)
     assert run.loaded.trainable_params == run.loaded.total_params
     before = _snapshot(run.loaded.model)

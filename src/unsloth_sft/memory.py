@@ -52,7 +52,11 @@ class MemoryCallback(TrainerCallback):
         end = memory_stats()
         report = {"peak_rss_mb": end["peak_rss_mb"], "rank": end["rank"]}
         if "gpu" in end:
-            total, start, peak = end["gpu_total_gb"], self.start.get("gpu_reserved_gb", 0.0), end["gpu_peak_reserved_gb"]
+            total, start, peak = (
+                end["gpu_total_gb"],
+                self.start.get("gpu_reserved_gb", 0.0),
+                end["gpu_peak_reserved_gb"],
+            )
             report.update(
                 gpu=end["gpu"],
                 gpu_total_gb=total,

@@ -54,9 +54,7 @@ class UnicodeTokenizer:
 def _check_lengths(predictions: list[str], references: list[str]) -> None:
     """Raise ValueError unless predictions and references pair up one to one."""
     if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references)} references"
-        )
+        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:

@@ -34,11 +34,15 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"model.name '{name}': folder has no config.json, so it is not a Hugging Face model folder")
+            raise ModelError(
+                f"model.name '{name}': folder has no config.json, so it is not a Hugging Face model folder"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelError(f"model.name '{name}': no such folder, and not a Hub id like org/model, a .gguf file or a "
-                         f"packaged model ({', '.join(CATALOGUE)})")
+        raise ModelError(
+            f"model.name '{name}': no such folder, and not a Hub id like org/model, a .gguf file or a "
+            f"packaged model ({', '.join(CATALOGUE)})"
+        )
     return name
 
 
@@ -59,7 +63,9 @@ def choose_backend(requested: str) -> str:
     if unsloth_available():
         return "unsloth"
     if requested == "unsloth":
-        raise ModelError("model.backend is unsloth but unsloth does not import here; pip install unsloth, or use backend: transformers")
+        raise ModelError(
+            "model.backend is unsloth but unsloth does not import here; pip install unsloth, or use backend: transformers"
+        )
     return "transformers"
 
 
@@ -101,7 +107,9 @@ def count_params(model) -> tuple[int, int]:
 
 def _hub_error(name: str, err: Exception) -> ModelError:
     first = (str(err).splitlines() or [type(err).__name__])[0][:200]
-    return ModelError(f"model.name '{name}': could not load ({first}); check the id or folder, and the network for Hub ids")
+    return ModelError(
+        f"model.name '{name}': could not load ({first}); check the id or folder, and the network for Hub ids"
+    )
 
 
 def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:

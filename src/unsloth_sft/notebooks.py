@@ -11,7 +11,13 @@ from unsloth_sft.runs import RunDir
 
 SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
 SHORTCUTS = {"dataset": "data.source", "max_steps": "train.max_steps", "model_name": "model.name"}
-PARAMETERS = ("params_file", "overrides", "run_eval", *SHORTCUTS, *SECTIONS)  # what a notebook's parameters cell defines
+PARAMETERS = (
+    "params_file",
+    "overrides",
+    "run_eval",
+    *SHORTCUTS,
+    *SECTIONS,
+)  # what a notebook's parameters cell defines
 
 
 def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:

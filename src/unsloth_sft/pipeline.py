@@ -77,7 +77,11 @@ def start(cfg: RunConfig) -> Run:
     if is_main_process():
         resume_from, aside = folder.prepare(cfg)
         source = model_source(loaded.path)  # a GGUF-converted base: which file, by hash, under which licence
-        header = f"model.name {cfg.model.name}: GGUF sha256 {source['sha256']}, licence {source['license']}" if source else ""
+        header = (
+            f"model.name {cfg.model.name}: GGUF sha256 {source['sha256']}, licence {source['license']}"
+            if source
+            else ""
+        )
         save_config(cfg, folder / ".config.yaml.tmp", header)
         (folder / ".config.yaml.tmp").replace(folder.config_file)
         write_json(folder.environment_file, {**environment(), "model_source": source})

@@ -50,9 +50,11 @@ def preview(cfg: RunConfig, n: int = 3, tokenizer=None) -> str:
         parts.append(bos_line(tokenizer.bos_token, tokenizer.bos_token_id, data.train["input_ids"]))
     for i in range(min(n, len(data.train))):
         row = data.train[i]
-        parts.append(f"--- example {i + 1}: {len(row['input_ids'])} tokens, "
-                     f"{sum(1 for x in row['labels'] if x != -100)} trained ({START} {END})\n"
-                     + mark_trained(tokenizer, row["input_ids"], row["labels"]))
+        parts.append(
+            f"--- example {i + 1}: {len(row['input_ids'])} tokens, "
+            f"{sum(1 for x in row['labels'] if x != -100)} trained ({START} {END})\n"
+            + mark_trained(tokenizer, row["input_ids"], row["labels"])
+        )
     return "\n".join(parts)
 
 

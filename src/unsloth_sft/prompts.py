@@ -78,7 +78,9 @@ def render_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -
         prefix = _chat(tokenizer, messages[:i], generation=True)
         text = _chat(tokenizer, messages[: i + 1], generation=False)
         if not text.startswith(prefix):
-            raise DataError("the chat template renders a turn differently once a reply follows it; use data.template: plain")
+            raise DataError(
+                "the chat template renders a turn differently once a reply follows it; use data.template: plain"
+            )
         end = len(text.rstrip())  # the newline after <end_of_turn> is never generated: leave it out
         spans.append((len(prefix), end))
     if not spans:

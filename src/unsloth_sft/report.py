@@ -69,8 +69,10 @@ def write_eval(folder: Path, run_name: str, result: dict, rows: list[dict], exam
     ]
     if result.get("generation"):
         g = result["generation"]
-        parts.append(f"Generation (tuned, batched): {g['new_tokens']} new tokens in {g['seconds']} s, "
-                     f"{g['tokens_per_s']} tokens/s.")
+        parts.append(
+            f"Generation (tuned, batched): {g['new_tokens']} new tokens in {g['seconds']} s, "
+            f"{g['tokens_per_s']} tokens/s."
+        )
     for row in rows[:examples]:
         parts.append(
             "---\n**Input**\n\n```\n"

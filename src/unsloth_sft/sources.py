@@ -27,7 +27,9 @@ def sample_names() -> list[str]:
 
 def _sample_dir(name: str) -> Path:
     if name not in sample_names():
-        raise DataError(f"data.source: no bundled sample 'sample:{name}'; available: {', '.join('sample:' + n for n in sample_names())}")
+        raise DataError(
+            f"data.source: no bundled sample 'sample:{name}'; available: {', '.join('sample:' + n for n in sample_names())}"
+        )
     return Path(str(resources.files("unsloth_sft") / "samples" / name))
 
 
@@ -55,18 +57,24 @@ def _read_json(path: Path) -> dict[str, Split]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {n}: invalid JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
+                raise DataError(
+                    f"{path} line {n}: invalid JSON ({err.msg} at column {err.colno}); fix or remove the line"
+                ) from None
             where.append(f"{path} line {n}")
         return {"train": Split(rows, where)}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); is the file truncated?") from None
+        raise DataError(
+            f"{path} line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); is the file truncated?"
+        ) from None
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         return {k: Split(v, [f"{path} [{k}] item {i + 1}" for i in range(len(v))]) for k, v in data.items()}
     if isinstance(data, list):
         return {"train": Split(data, [f"{path} item {i + 1}" for i in range(len(data))])}
-    raise DataError(f"{path}: expected a list of records or {{\"train\": [...], \"test\": [...]}}, got {type(data).__name__}")
+    raise DataError(
+        f'{path}: expected a list of records or {{"train": [...], "test": [...]}}, got {type(data).__name__}'
+    )
 
 
 def _read_table(path: Path) -> dict[str, Split]:
@@ -99,7 +107,9 @@ def _read_path(path: Path) -> dict[str, Split]:
         if "train" not in splits and len(files) == 1:  # one data file of another name: it is the source
             splits = _read_path(files[0])
         if "train" not in splits:
-            raise DataError(f"{path}: folder has no train.* file ({'/'.join(SUFFIXES)}); name the training file train.jsonl etc.")
+            raise DataError(
+                f"{path}: folder has no train.* file ({'/'.join(SUFFIXES)}); name the training file train.jsonl etc."
+            )
         return splits
     if path.suffix == ".txt":
         text = _read_text(path)
@@ -124,7 +134,10 @@ def _read_hub(cfg: DataConfig) -> dict[str, Split]:
             f"data.source '{cfg.source}': not a local file and could not be loaded from the Hugging Face Hub "
             f"({reason}); check the id, data.config_name, and the network"
         ) from None
-    return {name: Split(split.to_list(), [f"{cfg.source} [{name}] row {i + 1}" for i in range(len(split))]) for name, split in dsd.items()}
+    return {
+        name: Split(split.to_list(), [f"{cfg.source} [{name}] row {i + 1}" for i in range(len(split))])
+        for name, split in dsd.items()
+    }
 
 
 def read_source(cfg: DataConfig) -> dict[str, Split]:
