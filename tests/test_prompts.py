@@ -242,7 +242,8 @@ def test_stop_token_ids(tokenizer):
     ids = stop_token_ids(tokenizer)
     assert tokenizer.eos_token_id in ids
     assert tokenizer.convert_tokens_to_ids(EOT) in ids
-    assert len(ids) == len(set(ids)) == 2
+    assert tokenizer.convert_tokens_to_ids("<start_of_turn>") in ids  # a reply never opens the next turn
+    assert len(ids) == len(set(ids)) == 3
 
 
 def test_stop_token_ids_without_end_of_turn():
@@ -253,6 +254,12 @@ def test_stop_token_ids_without_end_of_turn():
             return {"<eos>": 7}
 
     assert stop_token_ids(Tok()) == [7]
+
+    class ChatML(Tok):
+        def get_vocab(self):
+            return {"<|im_end|>": 7, "<|im_start|>": 1, "x": 3}
+
+    assert stop_token_ids(ChatML()) == [7, 1]
 
 
 @pytest.mark.parametrize("template", ["chat", "qa"])

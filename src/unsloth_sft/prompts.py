@@ -27,12 +27,19 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+# Turn markers that end an answer: a reply never contains the next turn's start, so generation stops there too
+# (as llama.cpp's and Ollama's Gemma and ChatML templates do); a half-trained model otherwise writes on into a
+# new "model" turn.
+TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>")
+
+
 def stop_token_ids(tokenizer) -> list[int]:
-    """Tokens that end a completion: EOS, and Gemma's <end_of_turn> when the vocabulary has it."""
+    """Tokens that end a completion: EOS, and the chat format's turn markers that the vocabulary has."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>") if "<end_of_turn>" in tokenizer.get_vocab() else None
-    if end_of_turn is not None and end_of_turn not in ids:
-        ids.append(end_of_turn)
+    vocab = tokenizer.get_vocab()
+    for marker in TURN_MARKERS:
+        if marker in vocab and vocab[marker] not in ids:
+            ids.append(vocab[marker])
     return ids
 
 
