@@ -243,7 +243,8 @@ def test_stop_token_ids(tokenizer):
     assert tokenizer.eos_token_id in ids
     assert tokenizer.convert_tokens_to_ids(EOT) in ids
     assert tokenizer.convert_tokens_to_ids("<start_of_turn>") in ids  # a reply never opens the next turn
-    assert len(ids) == len(set(ids)) == 3
+    assert ids[0] == tokenizer.eos_token_id and len(ids) == len(set(ids))
+    assert set(ids) == set(tokenizer.all_special_ids)  # every control token ends a reply; text tokens never do
 
 
 def test_stop_token_ids_without_end_of_turn():

@@ -27,19 +27,22 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-# Turn markers that end an answer: a reply never contains the next turn's start, so generation stops there too
-# (as llama.cpp's and Ollama's Gemma and ChatML templates do); a half-trained model otherwise writes on into a
-# new "model" turn.
-TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>")
-
-
 def stop_token_ids(tokenizer) -> list[int]:
-    """Tokens that end a completion: EOS, and the chat format's turn markers that the vocabulary has."""
+    """Tokens that end a completion: EOS first, then every other special (control) token of the vocabulary.
+
+    A reply's text never contains a control token (decoding drops them), so the first one generated ends it:
+    Gemma's <end_of_turn>, the next turn's <start_of_turn> or ChatML's <|im_start|> (as llama.cpp's and
+    Ollama's templates stop), and Gemma-3's <unusedN> slots, which a base model tuned for 20 steps emitted in
+    place of <end_of_turn> and then wrote on into a new "model" turn.
+    """
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = sorted(i for i, token in added.items() if getattr(token, "special", False))
     vocab = tokenizer.get_vocab()
-    for marker in TURN_MARKERS:
-        if marker in vocab and vocab[marker] not in ids:
-            ids.append(vocab[marker])
+    markers = [vocab[m] for m in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>") if m in vocab]
+    for i in markers + special:
+        if i not in ids:
+            ids.append(i)
     return ids
 
 
