@@ -8,6 +8,7 @@ BPE for Gemma-3, no BOS, control tokens lost, SmolLM2's EOS swapped), then check
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -92,8 +93,16 @@ def is_gguf_name(name: str) -> bool:
 
 
 def file_sha256(paths: list[Path]) -> str:
+    """sha256 of the files concatenated; computed once per process for unchanged files (a run resolves its
+    model several times: start, load, merge, cards; Gemma-3's 253 MB take ~1 s each)."""
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths))
+    return _sha256_of(stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(stamp: tuple) -> str:
     digest = hashlib.sha256()
-    for path in paths:
+    for path, _, _ in stamp:
         with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
