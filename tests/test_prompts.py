@@ -248,17 +248,20 @@ def test_stop_token_ids(tokenizer):
 
 
 def test_stop_token_ids_without_end_of_turn():
-    class Tok:
+    class Tok:  # the slice of a tokenizer's API stop_token_ids uses; unknown tokens map to <unk> as HF's do
         eos_token_id = 7
+        vocab = {"<eos>": 7, "<unk>": 0}
 
-        def get_vocab(self):
-            return {"<eos>": 7}
+        def convert_tokens_to_ids(self, token):
+            return self.vocab.get(token, 0)
+
+        def convert_ids_to_tokens(self, i):
+            return {v: k for k, v in self.vocab.items()}[i]
 
     assert stop_token_ids(Tok()) == [7]
 
     class ChatML(Tok):
-        def get_vocab(self):
-            return {"<|im_end|>": 7, "<|im_start|>": 1, "x": 3}
+        vocab = {"<|im_end|>": 7, "<|im_start|>": 1, "x": 3, "<unk>": 0}
 
     assert stop_token_ids(ChatML()) == [7, 1]
 

@@ -38,8 +38,12 @@ def stop_token_ids(tokenizer) -> list[int]:
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     special = sorted(i for i, token in added.items() if getattr(token, "special", False))
-    vocab = tokenizer.get_vocab()
-    markers = [vocab[m] for m in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>") if m in vocab]
+    # one lookup per marker: get_vocab() builds a dict of the whole vocabulary (~5 s for Gemma-3's 262k)
+    found = {
+        m: tokenizer.convert_tokens_to_ids(m)
+        for m in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>")
+    }
+    markers = [i for m, i in found.items() if i is not None and tokenizer.convert_ids_to_tokens(i) == m]
     for i in markers + special:
         if i not in ids:
             ids.append(i)
