@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--push-to-hub", metavar="USER/REPO", help="upload the exported folder (token from HF_TOKEN)")
     s.add_argument("--private", action="store_true", help="create the Hub repo private")
     s.add_argument("--token", help=argparse.SUPPRESS)  # refused below with the reason
+    s = sub.add_parser("chat", help="a playground page on 127.0.0.1: base and tuned answer side by side (Gradio)")
+    s.add_argument("run_dir", help="a finished run folder (runs/NAME)")
+    s.add_argument("--port", type=int, default=7860, help="local port to serve on (default 7860)")
     return p
 
 
@@ -148,6 +151,11 @@ def _dispatch(args) -> int:
 
         result = export_run(RunDir(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private)
         print(json.dumps(result))
+        return 0
+    if args.command == "chat":
+        from unsloth_sft.playground_ui import serve
+
+        serve(args.run_dir, args.port)
         return 0
     raise AssertionError(args.command)
 

@@ -57,8 +57,12 @@ def generate(
     backend: str | None = None,
     progress: bool = True,
     streamer=None,
+    stopping_criteria=None,
 ) -> list[str]:
-    """Batched generation with left padding; returns only the new text of each prompt."""
+    """Batched generation with left padding; returns only the new text of each prompt.
+
+    `streamer` and `stopping_criteria` go to `model.generate` (the playground streams and stops with them).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -73,7 +77,7 @@ def generate(
             for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
                 batch = prompts[start : start + ecfg.batch_size]
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                out = model.generate(**enc, **kwargs, streamer=streamer)
+                out = model.generate(**enc, **kwargs, streamer=streamer, stopping_criteria=stopping_criteria)
                 new = out[:, enc["input_ids"].shape[1] :]
                 outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
