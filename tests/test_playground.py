@@ -373,3 +373,28 @@ def test_chat_page_keeps_each_sides_own_conversation(browser, pg):
         page.close()
     finally:
         app.close()
+
+
+@pytest.mark.slow
+def test_stop_button_ends_a_long_answer(browser, pg):
+    """Max new tokens 2048, Stop as soon as the base has started: it ends there, and the tuned side never starts."""
+    from unsloth_sft.playground_ui import build_app, launch
+
+    port = free_port()
+    app = launch(build_app(pg), port, block=False)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#generate")
+        page.fill("#max-new-tokens input[type=number]", "2048")
+        page.press("#max-new-tokens input[type=number]", "Enter")
+        page.click("#generate")
+        page.wait_for_function("() => document.querySelector('#base-output textarea')?.value.length > 0")
+        page.click("#stop")
+        assert wait_done(page) == "stopped"
+        base = page.input_value("#base-output textarea")
+        assert 0 < len(pg.tokenizer(base, add_special_tokens=False).input_ids) < 2048
+        assert page.input_value("#tuned-output textarea") == ""
+        page.close()
+    finally:
+        app.close()

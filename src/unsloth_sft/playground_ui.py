@@ -96,7 +96,9 @@ def build_app(pg: Playground):
                 seen_ids = gr.Textbox(label="Token ids", lines=2, elem_id="seen-ids")
             with gr.Accordion("Generation settings (defaults: the run's eval section)", open=True):
                 with gr.Row():
-                    max_new = gr.Slider(1, 2048, ecfg.max_new_tokens, step=1, label="Max new tokens")
+                    max_new = gr.Slider(
+                        1, 2048, ecfg.max_new_tokens, step=1, label="Max new tokens", elem_id="max-new-tokens"
+                    )
                     decoding = gr.Radio(
                         ["greedy", "sample"], value="sample" if ecfg.do_sample else "greedy", label="Decoding"
                     )
