@@ -76,7 +76,6 @@ def test_chat_refuses_an_unfinished_run(capsys, tmp_path):
 
 
 def test_chat_refuses_a_port_in_use(capsys, tmp_path):
-    pytest.importorskip("gradio", reason='the port is checked after Gradio: pip install "unsloth-sft[ui]"')
     run = fake_finished_run(tmp_path / "done")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -232,7 +231,8 @@ def wait_until_served(proc: subprocess.Popen, url: str, log: Path) -> None:
 def served(demo_run, tmp_path):
     """`unsloth-sft chat RUN_DIR --port P` in its own process, as a user starts it; stopped after the test."""
     port, log = free_port(), tmp_path / "chat.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))  # this checkout's package, installed or not
     cmd = [sys.executable, "-m", "unsloth_sft", "chat", str(demo_run.run_dir), "--port", str(port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -223,6 +223,6 @@ def launch(app, port: int = DEFAULT_PORT, block: bool = True):
 def serve(path: str | os.PathLike, port: int = DEFAULT_PORT, block: bool = True):
     """`unsloth-sft chat`: check what is cheap to check, load the model once, serve the page; returns the app."""
     finished_run(path)
-    check_ui_installed()
     check_port(port)
+    check_ui_installed()
     return launch(build_app(load_playground(path)), port, block)
