@@ -92,6 +92,47 @@ def test_chat_without_the_ui_extra_names_the_pip_command(capsys, tmp_path, monke
     assert code == 2 and len(lines) == 1 and 'pip install "unsloth-sft[ui]"' in lines[0], lines
 
 
+# ---------------------------------------------------------------- the prefilled input of each task (no model)
+
+
+@pytest.mark.parametrize(
+    "params", ["demo-cpu.yaml", "cpu/gsm8k.yaml", "cpu/qa-json.yaml", "cpu/alpaca.yaml", "cpu/prompt-completion.yaml"]
+)
+def test_prefilled_example_renders_as_eval_renders_it(params, tokenizer):
+    """The page's first example, rendered for the model, is eval's prompt for the first test example."""
+    from unsloth_sft.config import load_config
+    from unsloth_sft.data import choose_template, load_examples
+    from unsloth_sft.evaluate import prompts_for
+    from unsloth_sft.playground import INPUT_LABEL, example_pairs, render_input
+
+    cfg = load_config(ROOT / "params" / params)
+    ex = load_examples(cfg)
+    pairs, where = example_pairs(cfg, ex.task)
+    assert where == "test split" and len(pairs) == min(len(ex.test.rows), 20) and ex.task in INPUT_LABEL
+    conv = ex.test_conversations[0]
+    expected = prompts_for(tokenizer, [conv], choose_template(ex.task, cfg.data, tokenizer))[0]
+    assert render_input(cfg, ex.task, tokenizer, pairs[0][0]) == expected
+    assert pairs[0][1] == conv[-1]["content"]
+
+
+def test_prefilled_chat_and_text_examples():
+    """Chat: the first user message and its reply; raw text: the start infer continues, then what follows it."""
+    from unsloth_sft.config import load_config
+    from unsloth_sft.data import load_examples
+    from unsloth_sft.infer import TEXT_PROMPT_CHARS
+    from unsloth_sft.playground import example_pairs
+
+    chat = load_config(ROOT / "params" / "cpu" / "chat.yaml")
+    conv = [m for m in load_examples(chat).test_conversations[0] if m["role"] != "system"]
+    assert example_pairs(chat, "chat")[0][0] == (conv[0]["content"], conv[1]["content"])
+    text = load_config(ROOT / "params" / "cpu" / "raw-text.yaml")
+    ex = load_examples(text)
+    split = ex.test if ex.test is not None and ex.test.rows else ex.train
+    first = split.rows[0][ex.text_column]
+    given, following = example_pairs(text, "text")[0][0]
+    assert given == first[:TEXT_PROMPT_CHARS] and following and first.startswith(given + following)
+
+
 # ---------------------------------------------------------------- the demo run and its answers
 
 
@@ -259,11 +300,11 @@ def wait_done(page) -> str:
 def test_page_answers_side_by_side_as_infer_does(browser, served, demo_run, tmp_path):
     """Submit the prefilled test example: both columns fill, and the tuned one is `infer`'s greedy output."""
     from unsloth_sft.infer import run_task
-    from unsloth_sft.playground import render_input, test_examples
+    from unsloth_sft.playground import example_pairs, render_input
     from unsloth_sft.runs import RunDir
 
     cfg = demo_run
-    dialogue, reference = test_examples(cfg, "summarization")[0][0]
+    dialogue, reference = example_pairs(cfg, "summarization")[0][0]
     page = browser.new_page()
     page.goto(served)
     page.wait_for_selector("#generate")
@@ -296,6 +337,7 @@ def test_page_answers_side_by_side_as_infer_does(browser, served, demo_run, tmp_
     page.wait_for_selector("#report table")
     report = page.inner_text("#report")
     assert "eval_loss" in report and "rougeL" in report
+    assert f"{RunDir(cfg.run_dir).eval_metrics()['test_examples']} test examples, summarization task" in report
     assert page.locator("#loss-curve img").count() == 1 and page.locator("#metrics-chart img").count() == 1
     page.close()
 

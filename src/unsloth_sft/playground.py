@@ -92,21 +92,22 @@ def finished_run(path: str | os.PathLike) -> RunDir:
         raise RunError(f"{run}: no config.yaml, so not a run folder; pass the folder `unsloth-sft train` made")
     if not run.is_finished:
         raise RunError(
-            f"{run}: not a finished run (no {run.metrics_file.name}); finish training first "
-            f"(rerun the same `unsloth-sft train` command: it resumes)"
+            f"{run}: not a finished run (no {run.metrics_file.name}); finish training first (the same "
+            "`unsloth-sft train` command resumes from its last checkpoint), then start the playground"
         )
     if run.kind is None:
-        raise RunError(f"{run}: no adapter/ or merged/ model in this run folder; train with export.save_methods")
+        raise RunError(f"{run}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
     return run
 
 
 # ------------------------------------------------------------------ what the page shows and sends
 
 
-def test_examples(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str]:
+def example_pairs(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str]:
     """(input, reference) pairs from the run's test split (else its training split), and which split that was."""
     from unsloth_sft.columns import ANSWER_FIELD, TASK_FIELDS
     from unsloth_sft.data import _resolve_columns, load_examples
+    from unsloth_sft.infer import TEXT_PROMPT_CHARS
 
     try:
         ex = load_examples(cfg)
@@ -125,13 +126,11 @@ def test_examples(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str
         cols = _resolve_columns(list(row), cfg.data, task, at, answer=task != "text")
         if task == "text":
             text = str(row.get(cols["text"]) or "")
-            from unsloth_sft.infer import TEXT_PROMPT_CHARS
-
             pairs.append((text[:TEXT_PROMPT_CHARS], text[TEXT_PROMPT_CHARS : TEXT_PROMPT_CHARS + REFERENCE_CHARS]))
             continue
         given = str(row.get(cols[TASK_FIELDS[task][0]]) or "")
         extra = str(row.get(cols["input"]) or "") if task == "instruction" and "input" in cols else ""
-        text = given + (f"\n\n{extra}" if extra.strip() else "")  # to_messages joins an instruction's input so
+        text = given + (f"\n\n{extra}" if extra.strip() else "")  # as to_messages joins an instruction and its input
         pairs.append((text, str(row.get(cols[ANSWER_FIELD[task]]) or "")))
     return [p for p in pairs if p[0].strip()], where
 
@@ -236,7 +235,7 @@ def load_playground(path: str | os.PathLike) -> Playground:
         model, tokenizer = load_for_inference(cfg.model.name, str(run.adapter))
     else:
         model, tokenizer = load_for_inference(str(run.merged))
-    examples, where = test_examples(cfg, task)
+    examples, where = example_pairs(cfg, task)
     return Playground(run, cfg, task, model, tokenizer, run.has_adapter, examples, where)
 
 

@@ -209,6 +209,7 @@ def launch(app, port: int = DEFAULT_PORT, block: bool = True):
             share=False,
             inbrowser=False,
             quiet=True,
+            show_error=True,  # a failed generation's message in the page, not only in this terminal
             prevent_thread_lock=True,
             theme=theme,
         )
