@@ -27,6 +27,27 @@ Template = Literal["auto", "chat", "qa", "alpaca", "plain"]
 SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf"]
 Backend = Literal["auto", "unsloth", "transformers"]
 Finetune = Literal["lora", "qlora", "full"]
+# transformers' SchedulerType values (5.17); tests/test_controls.py checks this list against the installed enum
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+]
+# Generation metrics a run can score during training (the names of eval/metrics.json); "loss" is the Trainer's own
+EvalMetric = Literal["rouge1", "rouge2", "rougeL", "chrf++", "bleu", "exact_match"]
+# One name for lora.target_modules instead of a list: resolved against the model's own linear layers (model.py)
+TARGET_PRESETS = ("all-linear", "attention", "mlp")
+# Named groups of train.freeze (beside name globs)
+FREEZE_GROUPS = ("embeddings", "norms", "attention", "mlp", "lm_head")
 TASKS: tuple[str, ...] = typing.get_args(Task)
 TEMPLATES: tuple[str, ...] = typing.get_args(Template)
 SAVE_METHODS: tuple[str, ...] = typing.get_args(SaveMethod)
@@ -54,10 +75,17 @@ def _text_keys(value: Any) -> Any:
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value  # YAML `1: x` has an int key
 
 
+def _yaml11_no(value: Any) -> Any:
+    return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+
+
 Number = Annotated[float, BeforeValidator(_yaml11_number)]  # an int widens to a float; text only if YAML 1.1 missed it
 Positive = Annotated[Number, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[Number, Field(ge=0, lt=1)]
+NonNegativeNumber = Annotated[Number, Field(ge=0)]
+Layers = str | list[int] | None  # a layer range "0-3" / "20-" / "0,2,5", or a list of layer indices
 Names = Annotated[list[str], BeforeValidator(_one_is_a_list)]
 SaveMethods = Annotated[list[SaveMethod], BeforeValidator(_one_is_a_list)]
 Columns = Annotated[dict[str, str], BeforeValidator(_text_keys)]
@@ -81,8 +109,10 @@ class LoraConfig:
     dropout: Number = 0.0  # unsloth is fastest at 0
     target_modules: Names = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )  # every linear layer of a Gemma/Llama block
+    )  # every linear layer of a Gemma/Llama block; or one preset: all-linear, attention, mlp
     use_rslora: bool = False  # rank-stabilised scaling, helps at r >= 64
+    use_dora: bool = False  # weight-decomposed LoRA (peft): often better at low rank, ~1.5-2x slower steps
+    layers_to_transform: Layers = None  # adapt only these decoder layers ("0-3", "20-", [0, 5]); None = all
     bias: Literal["none", "all", "lora_only"] = "none"  # "none" is optimised in unsloth
     use_gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"  # "unsloth": ~30% less VRAM, long context
 
@@ -97,6 +127,38 @@ def check_lora(lora: LoraConfig) -> None:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
     if not lora.target_modules:
         raise ConfigError("lora.target_modules is empty; name the linear layers to adapt (e.g. q_proj, v_proj)")
+    if lora.layers_to_transform is not None:
+        layer_indices(lora.layers_to_transform, "lora.layers_to_transform")
+
+
+def layer_indices(spec: str | list[int], key: str, num_layers: int | None = None) -> list[int]:
+    """A layer range ("0-3", "20-", "-4" = the last four, "0,2,5") or a list of indices, as sorted indices.
+
+    An open range ("20-", "-4") needs `num_layers`; without it the spec is only checked for its syntax.
+    """
+    fix = f"{key}: expected layer indices like [0, 1], '0-3', '20-' (to the last) or '-4' (the last four)"
+    if isinstance(spec, list):
+        if any(i < 0 for i in spec) or not spec:
+            raise ConfigError(f"{fix}, got {spec}")
+        indices = sorted(set(spec))
+    else:
+        indices = []
+        for part in str(spec).replace(" ", "").split(","):
+            first, dash, last = part.partition("-")
+            if not (first.isdigit() or (dash and not first)) or not (last.isdigit() or not last):
+                raise ConfigError(f"{fix}, got {spec!r}")
+            if not dash:
+                indices.append(int(first))
+            elif num_layers is None:
+                continue  # syntax checked; the model's depth resolves an open range
+            elif not first:
+                indices.extend(range(max(0, num_layers - int(last)), num_layers))
+            else:
+                indices.extend(range(int(first), (int(last) if last else num_layers - 1) + 1))
+        indices = sorted(set(indices))
+    if num_layers is not None and (not indices or indices[-1] >= num_layers):
+        raise ConfigError(f"{key} {spec!r}: this model has {num_layers} layers (0-{num_layers - 1})")
+    return indices
 
 
 @dataclass(config=STRICT)
@@ -133,10 +195,12 @@ class TrainConfig:
     gradient_accumulation_steps: Count = 4  # effective batch = batch x accumulation x processes
     learning_rate: Positive = 2e-4  # LoRA: 1e-4..3e-4; full fine-tuning: ~1e-5
     warmup_steps: NonNegative = 5  # linear warm-up from 0 to learning_rate
-    lr_scheduler_type: str = "linear"  # any transformers scheduler name (cosine, constant, ...)
+    warmup_ratio: Fraction | None = None  # warm-up as a fraction of all steps (e.g. 0.03); replaces warmup_steps
+    lr_scheduler_type: Scheduler = "linear"  # transformers' scheduler names: cosine, constant, ...
     optim: str = "adamw_8bit"  # bitsandbytes 8-bit AdamW; "adamw_torch" where bnb is missing
-    weight_decay: Number = 0.01  # AdamW decoupled weight decay
-    max_grad_norm: Number = 1.0  # gradient clipping
+    weight_decay: NonNegativeNumber = 0.01  # AdamW decoupled weight decay
+    max_grad_norm: NonNegativeNumber = 1.0  # gradient clipping; 0 = off
+    neftune_noise_alpha: Positive | None = None  # NEFTune embedding noise (paper: 5); None = off
     seed: int = 3407  # weights init (LoRA), data order, dropout
     logging_steps: Count = 1  # log the loss every N optimizer steps
     save_steps: Count | None = None  # checkpoint every N steps; None: no intermediate checkpoints
@@ -150,6 +214,24 @@ class TrainConfig:
     dataset_num_proc: Count | None = None  # processes for tokenization; None = in-process
     ddp_find_unused_parameters: bool = False  # LoRA leaves no unused parameters: False is faster
     stop_on_nan: bool = True  # stop with the step number when the loss is NaN/inf
+    # evaluation during training (eval loss on the test split; the Trainer's own evaluation loop)
+    eval_strategy: Annotated[Literal["auto", "no", "steps", "epoch"], BeforeValidator(_yaml11_no)] = (
+        "auto"  # auto: "steps" when eval_steps is set, else no
+    )
+    eval_steps: Count | None = None  # evaluate every N optimizer steps
+    eval_on_start: bool = False  # also evaluate before the first step (a baseline point on the curve)
+    per_device_eval_batch_size: Count | None = None  # None = per_device_train_batch_size (a forward that fits)
+    eval_metric: EvalMetric | None = None  # also generate and score eval_samples test examples at each evaluation
+    eval_samples: Count = 16  # test examples generated for eval_metric (greedy, eval.max_new_tokens)
+    # early stopping and the best checkpoint (transformers' EarlyStoppingCallback, load_best_model_at_end)
+    early_stopping_patience: Count | None = None  # stop after N evaluations without improvement; None = off
+    early_stopping_threshold: NonNegativeNumber = 0.0  # an improvement must beat the best by more than this
+    metric_for_best_model: str = "loss"  # "loss" (eval loss) or train.eval_metric's name
+    greater_is_better: bool | None = None  # None: False for a loss, True for any other metric
+    load_best_model_at_end: bool | None = None  # None: on with early stopping; the adapter/merged model = best step
+    # freezing for finetune: full (LoRA: see lora.layers_to_transform)
+    freeze: Names = field(default_factory=list)  # groups (embeddings, norms, attention, mlp, lm_head) or name globs
+    trainable_layers: Layers = None  # decoder layers left trainable ("20-", [0, 1]); the others are frozen
 
 
 def check_train(t: TrainConfig) -> None:
@@ -158,6 +240,94 @@ def check_train(t: TrainConfig) -> None:
         raise ConfigError(
             "train.max_steps and train.num_train_epochs are both unset; set one (e.g. train.max_steps=60)"
         )
+
+
+def eval_strategy(t: TrainConfig) -> str:
+    """The Trainer's eval_strategy: "auto" evaluates every eval_steps when that is set."""
+    if t.eval_strategy == "auto":
+        return "steps" if t.eval_steps else "no"
+    return t.eval_strategy
+
+
+def load_best(t: TrainConfig) -> bool:
+    """load_best_model_at_end as it will run: on with early stopping unless set."""
+    return t.early_stopping_patience is not None if t.load_best_model_at_end is None else t.load_best_model_at_end
+
+
+def best_metric_name(t: TrainConfig) -> str:
+    """metric_for_best_model as the Trainer's eval log names it (eval_loss, eval_rougeL ...)."""
+    name = t.metric_for_best_model
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def check_eval_during_training(t: TrainConfig) -> None:
+    """Evaluation during training, early stopping and the best checkpoint agree with each other."""
+    strategy = eval_strategy(t)
+    if strategy == "steps" and t.eval_steps is None:
+        raise ConfigError("train.eval_strategy is steps but train.eval_steps is unset; set it (e.g. 10)")
+    if strategy == "no":
+        for key, on in (
+            ("eval_steps", t.eval_steps is not None),
+            ("eval_on_start", t.eval_on_start),
+            ("eval_metric", t.eval_metric is not None),
+            ("early_stopping_patience", t.early_stopping_patience is not None),
+            ("load_best_model_at_end", bool(t.load_best_model_at_end)),
+            ("lr_scheduler_type reduce_lr_on_plateau", t.lr_scheduler_type == "reduce_lr_on_plateau"),
+        ):
+            if on:
+                raise ConfigError(
+                    f"train.{key} needs evaluation during training, but train.eval_strategy is no; "
+                    "set train.eval_steps (e.g. 10) or train.eval_strategy: epoch"
+                )
+    metric = best_metric_name(t)
+    known = ["eval_loss"] + ([f"eval_{t.eval_metric}"] if t.eval_metric else [])
+    if metric not in known:
+        raise ConfigError(
+            f"train.metric_for_best_model '{t.metric_for_best_model}' is not computed during training; use loss"
+            + (f" or {t.eval_metric}" if t.eval_metric else ", or set train.eval_metric (e.g. rougeL) and name it")
+        )
+    if t.early_stopping_patience is not None and not load_best(t):
+        raise ConfigError(
+            "train.early_stopping_patience with train.load_best_model_at_end false would export the last, not the "
+            "best, step; remove load_best_model_at_end: false"
+        )
+    if load_best(t) and strategy == "steps" and t.save_steps and t.save_steps % t.eval_steps:
+        raise ConfigError(
+            f"train.save_steps {t.save_steps} is not a multiple of train.eval_steps {t.eval_steps}; the best "
+            "checkpoint must be saved when it is evaluated: unset save_steps or make it a multiple"
+        )
+
+
+def check_freeze(cfg: RunConfig) -> None:
+    """train.freeze / trainable_layers freeze parts of a full fine-tune; LoRA chooses its layers itself."""
+    t = cfg.train
+    if cfg.finetune != "full" and (t.freeze or t.trainable_layers is not None):
+        key = "freeze" if t.freeze else "trainable_layers"
+        raise ConfigError(
+            f"train.{key} is for finetune: full; with LoRA the base is frozen already: choose the adapted layers "
+            "with lora.layers_to_transform and lora.target_modules"
+        )
+    if t.trainable_layers is not None:
+        layer_indices(t.trainable_layers, "train.trainable_layers")
+
+
+def check_options(cfg: RunConfig) -> None:
+    """Optimizer and adapter options that cannot work together."""
+    t, lora = cfg.train, cfg.lora
+    if t.neftune_noise_alpha is not None and (t.packing or t.padding_free):
+        what = "packing" if t.packing else "padding_free"
+        raise ConfigError(
+            f"train.neftune_noise_alpha with train.{what}: NEFTune scales its noise by the row length, and a "
+            f"{what} row holds several examples; set train.{what}: false or drop neftune_noise_alpha"
+        )
+    if t.warmup_ratio is not None and t.warmup_steps:
+        raise ConfigError(
+            f"train.warmup_ratio {t.warmup_ratio} and train.warmup_steps {t.warmup_steps} are both set; "
+            "set train.warmup_steps: 0 to warm up by ratio"
+        )
+    if cfg.finetune == "full" and (lora.use_dora or lora.layers_to_transform is not None):
+        key = "use_dora" if lora.use_dora else "layers_to_transform"
+        raise ConfigError(f"lora.{key} has no effect with finetune: full; remove it or use finetune: lora")
 
 
 @dataclass(config=STRICT)
@@ -264,9 +434,12 @@ def validate(cfg: RunConfig, where: str = "params") -> None:
     try:
         check_names(cfg)
         check_train(cfg.train)
+        check_eval_during_training(cfg.train)
         check_finetune(cfg)  # check_lora too, unless full fine-tuning
         check_data(cfg.data)
         check_packing(cfg)
+        check_freeze(cfg)
+        check_options(cfg)
         check_export(cfg.export)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None

@@ -237,3 +237,43 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     result["summary"] = write_eval(run.eval_dir(data_file), cfg.run_name, result, rows)
     result["examples"] = rows  # after the write: predictions.jsonl has them, metrics.json need not
     return result
+
+
+def check_eval_metric(cfg: RunConfig, task: str) -> None:
+    """train.eval_metric must be one the task's scoring computes (gsm8k: exact_match; raw text: none)."""
+    from unsloth_sft import metrics as M
+
+    name = cfg.train.eval_metric
+    if name is None:
+        return
+    names = [] if task == "text" else list(M.text_metrics(["a"], ["a"], task))
+    if name not in names:
+        fix = f"use one of {', '.join(names)}" if names else "score raw text by its eval loss: unset it"
+        raise DataError(f"train.eval_metric {name} is not computed for the {task} task; {fix}")
+
+
+def generation_metric_callback(cfg: RunConfig, tokenizer, conversations: list[list[dict]], template: str, task: str):
+    """A TrainerCallback that, at each evaluation, generates for the first train.eval_samples test conversations
+    and adds train.eval_metric (scored by metrics.text_metrics, as `eval` scores) to the evaluation's metrics.
+
+    It runs before EarlyStoppingCallback and the Trainer's best-checkpoint choice see the metrics, so both can use it;
+    the Trainer has already logged the evaluation, so the value is added to that log entry too (metrics.json).
+    """
+    from transformers import TrainerCallback
+
+    from unsloth_sft import metrics as M
+
+    convs = conversations[: cfg.train.eval_samples]
+    references = [c[-1]["content"] for c in convs]
+    prompts = prompts_for(tokenizer, convs, template)
+    name = cfg.train.eval_metric
+
+    class GenerationMetric(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            outputs = generate(model, tokenizer, prompts, cfg.eval, progress=False)
+            value = float(M.text_metrics(outputs, references, task)[name])
+            metrics[f"eval_{name}"] = value
+            if state.log_history and "eval_loss" in state.log_history[-1]:
+                state.log_history[-1][f"eval_{name}"] = value
+
+    return GenerationMetric()

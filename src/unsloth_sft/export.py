@@ -130,7 +130,16 @@ def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metri
         keep = {
             k: metrics[k] for k in ("steps", "runtime_s", "tokens_per_s", "first_loss", "last_loss") if k in metrics
         }
-        parts.append("## Training\n\n" + "\n".join(f"- {k}: {v}" for k, v in keep.items()))
+        lines = [f"- {k}: {v}" for k, v in keep.items()]
+        if metrics.get("stopped"):
+            lines.append(f"- stopped at step {metrics['stopped']['step']}: {metrics['stopped']['reason']}")
+        best = metrics.get("best")
+        if best and best.get("step") is not None:
+            which = (
+                "these weights are that step's" if best.get("loaded_at_end") else "these weights are the last step's"
+            )
+            lines.append(f"- best step {best['step']} ({best['metric']} {best['value']:.4f}); {which}")
+        parts.append("## Training\n\n" + "\n".join(lines))
     if eval_metrics:
         rows = ["| metric | base | tuned |", "|---|---|---|"]
         for name, values in eval_metrics.items():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig
+from unsloth_sft.config import FREEZE_GROUPS, TARGET_PRESETS, LoraConfig, RunConfig, TrainConfig, layer_indices
 from unsloth_sft.errors import ModelError
 from unsloth_sft.gguf_models import CATALOGUE, gguf_model_path, is_gguf_name
 from unsloth_sft.tiny import TINY_NAME, tiny_model_path
@@ -99,6 +101,106 @@ def check_target_modules(model, targets: list[str]) -> None:
         raise ModelError(f"lora.target_modules {missing} not in this model; its linear layers are: {', '.join(have)}")
 
 
+def module_group(name: str) -> str:
+    """The group of a parameter or module by its name: embeddings, norms, attention, mlp, lm_head or other."""
+    parts = name.lower().split(".")
+    leaf = parts[-2] if parts[-1] in ("weight", "bias") and len(parts) > 1 else parts[-1]
+    if "lm_head" in parts:
+        return "lm_head"
+    if "embed" in leaf or leaf in ("wte", "wpe"):
+        return "embeddings"
+    if "norm" in leaf or leaf.startswith("ln_"):  # before attention: Gemma-3's q_norm sits inside self_attn
+        return "norms"
+    if any("attn" in p or "attention" in p for p in parts):
+        return "attention"
+    if any(p in ("mlp", "feed_forward", "ffn") or "mlp" in p for p in parts):
+        return "mlp"
+    return "other"
+
+
+def num_layers(model) -> int:
+    """Decoder layers of a model (its config's num_hidden_layers / n_layer)."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not n:
+        raise ModelError("this model's config names no layer count (num_hidden_layers); remove the layer range")
+    return int(n)
+
+
+LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")  # model.layers.3.mlp / transformer.h.3.attn
+
+
+def freeze(model, t: TrainConfig) -> list[str]:
+    """Freeze parameters for a full fine-tune: train.freeze groups or name globs, and decoder layers outside
+    train.trainable_layers. Returns the frozen parameter names. Tied weights are one tensor: freezing the
+    embeddings freezes a tied lm_head too."""
+    if not t.freeze and t.trainable_layers is None:
+        return []
+    params = list(model.named_parameters(remove_duplicate=False))  # a tied lm_head answers to its own name too
+    frozen: set[str] = set()
+    for pattern in t.freeze:
+        hits = {
+            n for n, _ in params if (module_group(n) == pattern if pattern in FREEZE_GROUPS else fnmatch(n, pattern))
+        }
+        if not hits:
+            raise ModelError(
+                f"train.freeze '{pattern}' matches no parameter of this model; use a group ({', '.join(FREEZE_GROUPS)}) "
+                f"or a glob over names like {params[len(params) // 2][0]}"
+            )
+        frozen |= hits
+    if t.trainable_layers is not None:
+        keep = set(layer_indices(t.trainable_layers, "train.trainable_layers", num_layers(model)))
+        frozen |= {n for n, _ in params if (m := LAYER_INDEX.search(n)) and int(m.group(1)) not in keep}
+    for name, param in params:
+        if name in frozen:
+            param.requires_grad_(False)
+    if not any(p.requires_grad for _, p in params):
+        raise ModelError("train.freeze / trainable_layers freeze every parameter; leave something to train")
+    return sorted(frozen)
+
+
+def params_by_group(model) -> dict[str, dict[str, int]]:
+    """Trainable and total parameters per group (embeddings, norms, attention, mlp, lm_head, lora, other)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, param in model.named_parameters():
+        group = "lora" if "lora_" in name else module_group(name)
+        row = out.setdefault(group, {"trainable": 0, "total": 0})
+        row["total"] += param.numel()
+        row["trainable"] += param.numel() if param.requires_grad else 0
+    return out
+
+
+def format_groups(groups: dict[str, dict[str, int]]) -> str:
+    """The parameter groups as a few aligned lines, printed before training."""
+    lines = ["parameters by group (trainable / total):"]
+    for group, row in groups.items():
+        lines.append(f"  {group:<11} {row['trainable']:>13,} / {row['total']:,}")
+    return "\n".join(lines)
+
+
+def lora_targets(model, lora: LoraConfig) -> list[str]:
+    """lora.target_modules, with a preset (all-linear, attention, mlp) resolved to this model's linear layer names."""
+    if len(lora.target_modules) != 1 or lora.target_modules[0] not in TARGET_PRESETS:
+        check_target_modules(model, lora.target_modules)
+        return list(lora.target_modules)
+    preset, have = lora.target_modules[0], set(linear_module_names(model))
+    if preset == "all-linear":
+        return sorted(have)
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if module_group(name) == preset} & have
+    )
+    if not names:
+        raise ModelError(f"lora.target_modules {preset}: no {preset} linear layers found; name them, e.g. q_proj")
+    return names
+
+
+def lora_layers(model, lora: LoraConfig) -> list[int] | None:
+    """lora.layers_to_transform as layer indices of this model (None: every layer)."""
+    if lora.layers_to_transform is None:
+        return None
+    return layer_indices(lora.layers_to_transform, "lora.layers_to_transform", num_layers(model))
+
+
 def count_params(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -123,6 +225,8 @@ def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
     path = resolve_model_path(cfg.model.name)
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
     model, tokenizer = loader(cfg, path, with_adapters)
+    if cfg.finetune == "full":
+        freeze(model, cfg.train)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     trainable, total = count_params(model)
@@ -146,17 +250,18 @@ def _load_unsloth(cfg: RunConfig, path: str, with_adapters: bool):
     except (OSError, ValueError, RuntimeError) as err:
         raise _hub_error(m.name, err) from None
     if with_adapters and cfg.finetune != "full":
-        check_target_modules(model, lora.target_modules)
         model = FastLanguageModel.get_peft_model(
             model,
             r=lora.r,
-            target_modules=lora.target_modules,
+            target_modules=lora_targets(model, lora),
+            layers_to_transform=lora_layers(model, lora),
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             bias=lora.bias,
             use_gradient_checkpointing=lora.use_gradient_checkpointing,
             random_state=cfg.train.seed,
             use_rslora=lora.use_rslora,
+            use_dora=lora.use_dora,  # unsloth 2026.10.9 passes it on to peft's LoraConfig (its kernels skip DoRA)
         )
     return model, tokenizer
 
@@ -190,7 +295,7 @@ def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
         return model, tokenizer
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    check_target_modules(model, lora.target_modules)
+    targets, layers = lora_targets(model, lora), lora_layers(model, lora)
     checkpointing = bool(lora.use_gradient_checkpointing)
     if m.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
@@ -201,9 +306,11 @@ def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         bias=lora.bias,
         use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_config), tokenizer

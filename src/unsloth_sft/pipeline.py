@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig, save_config
+from unsloth_sft.config import RunConfig, eval_strategy, save_config
 from unsloth_sft.data import PreparedData, check_trainable, load_examples, prepare
 from unsloth_sft.distributed import (
     check_launch,
@@ -17,6 +17,7 @@ from unsloth_sft.distributed import (
     save_sharded,
     world_size,
 )
+from unsloth_sft.errors import DataError
 from unsloth_sft.export import (
     export_unsloth,
     merge_adapter,
@@ -28,7 +29,7 @@ from unsloth_sft.export import (
     write_card,
 )
 from unsloth_sft.gguf_models import model_source
-from unsloth_sft.model import LoadedModel, load_model, resolve_model_path
+from unsloth_sft.model import LoadedModel, format_groups, load_model, params_by_group, resolve_model_path
 from unsloth_sft.quiet import import_backend, no_progress_bars
 from unsloth_sft.runs import RunDir, write_json
 from unsloth_sft.tracking import trackers
@@ -64,6 +65,7 @@ def start(cfg: RunConfig) -> Run:
     if is_main_process():
         folder.check(cfg)
     examples = load_examples(cfg)
+    check_eval_data(cfg, examples)
     import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, the model path)
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
     init_distributed()
@@ -73,6 +75,8 @@ def start(cfg: RunConfig) -> Run:
         loaded = load_model(cfg)
         data = prepare(cfg, loaded.tokenizer, examples)
     check_trainable(data, cfg)
+    if eval_strategy(cfg.train) != "no" and (data.test is None or len(data.test) == 0):
+        raise DataError(no_test_split(cfg))
     resume_from = aside = None
     if is_main_process():
         resume_from, aside = folder.prepare(cfg)
@@ -94,7 +98,30 @@ def start(cfg: RunConfig) -> Run:
             f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)"
         )
         print(f"data: {data_line(run.data, cfg)}")
+        print(format_groups(params_by_group(lm.model)))
     return run
+
+
+def no_test_split(cfg: RunConfig) -> str:
+    return (
+        f"{cfg.data.source}: evaluation during training (train.eval_steps / eval_strategy) needs a test split, and "
+        "it is empty; set data.test_size (e.g. 0.1) or data.test_split"
+    )
+
+
+def check_eval_data(cfg: RunConfig, examples) -> None:
+    """Evaluation during training has test examples to score, and train.eval_metric suits the task."""
+    from unsloth_sft.evaluate import check_eval_metric
+
+    if eval_strategy(cfg.train) == "no":
+        return
+    if examples.task == "text":
+        has_test = bool(examples.test and examples.test.rows) or cfg.data.test_size > 0
+    else:
+        has_test = bool(examples.test_conversations)
+    if not has_test:
+        raise DataError(no_test_split(cfg))
+    check_eval_metric(cfg, examples.task)
 
 
 def data_line(d: PreparedData, cfg: RunConfig) -> str:
@@ -110,8 +137,21 @@ def data_line(d: PreparedData, cfg: RunConfig) -> str:
 
 def fit(run: Run) -> dict:
     """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
+    cfg, d, tok = run.cfg, run.data, run.loaded.tokenizer
+    evaluating = eval_strategy(cfg.train) != "no"
+    callbacks = []
+    if cfg.train.eval_metric:
+        from unsloth_sft.evaluate import generation_metric_callback
+
+        callbacks.append(generation_metric_callback(cfg, tok, d.test_conversations, d.template, d.task))
     run.trainer = build_trainer(
-        run.cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, backend=run.loaded.backend
+        cfg,
+        run.loaded.model,
+        tok,
+        d.train,
+        eval_dataset=d.test if evaluating else None,
+        callbacks=callbacks,
+        backend=run.loaded.backend,
     )
     if is_main_process():
         t, n = run.cfg.train, world_size()
@@ -126,6 +166,7 @@ def fit(run: Run) -> dict:
         backend=lm.backend,
         base_model=lm.path,
         trainable_params=lm.trainable_params,
+        params_by_group=params_by_group(lm.model),
         total_params=lm.total_params,
         task=d.task,
         template=d.template,
@@ -147,10 +188,12 @@ def finish(run: Run) -> dict:
     sharded = save_sharded(run.trainer, target, lm.tokenizer)  # FSDP / ZeRO-3 only; a collective, so before the return
     if not is_main_process():
         return run.metrics
-    history = loss_history(run.trainer)
-    write_json(folder.loss_history, {"history": history})
+    history, evals = loss_history(run.trainer), run.metrics.get("eval_history") or []
+    write_json(folder.loss_history, {"history": history, "eval": evals})
     if history:
-        plot_loss(history, folder.loss_plot, title=f"{cfg.run_name}: training loss")
+        best = (run.metrics.get("best") or {}).get("step")
+        title = f"{cfg.run_name}: {'training and eval' if evals else 'training'} loss"
+        plot_loss(history, folder.loss_plot, title=title, evals=evals, best=best)
     base_name = cfg.model.name
     methods = cfg.export.save_methods
     exported = {}

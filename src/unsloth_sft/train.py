@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig
+from unsloth_sft.config import RunConfig, best_metric_name, eval_strategy, load_best
 from unsloth_sft.distributed import gather, is_main_process, world_size
 from unsloth_sft.errors import RunError
 from unsloth_sft.runs import CHECKPOINTS
@@ -28,27 +28,33 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
     t = cfg.train
     cuda = torch.cuda.is_available()
     bf16 = (torch.cuda.is_bf16_supported() if cuda else False) if t.bf16 is None else (t.bf16 and cuda)
+    strategy = eval_strategy(t)
+    best = load_best(t)
+    # the best checkpoint must exist when load_best_model_at_end reloads it: save at every evaluation
+    save_strategy = strategy if best else ("steps" if t.save_steps else "no")
+    save_steps = (t.save_steps or t.eval_steps or 500) if best else (t.save_steps or 500)
     return SFTConfig(
         output_dir=str(output_dir),
         run_name=cfg.run_name,
         # padding-free without packing: TRL refuses a max_length it would not enforce; data.tokenize already cut rows
         max_length=None if t.padding_free and not t.packing else cfg.model.max_seq_length,
         per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.eval.batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         max_steps=t.max_steps if t.max_steps is not None else -1,
         num_train_epochs=t.num_train_epochs if t.num_train_epochs is not None else 1.0,
-        warmup_steps=t.warmup_steps,
+        warmup_steps=t.warmup_ratio if t.warmup_ratio is not None else t.warmup_steps,  # < 1: a ratio (5.x)
         lr_scheduler_type=t.lr_scheduler_type,
         optim=t.optim,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        neftune_noise_alpha=t.neftune_noise_alpha,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
         save_total_limit=t.save_total_limit,
         packing=t.packing,
         padding_free=t.padding_free,
@@ -71,7 +77,15 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # the default hides a NaN loss from the log (and from StopOnNaN)
-        eval_strategy="no",
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start,
+        # the loss only: no logits gathered across the test split (a 262k vocabulary x every position would be
+        # GBs); the CPU trainer computes logits at trained positions only, TRL's GPU loss never builds them
+        prediction_loss_only=True,
+        load_best_model_at_end=best,
+        metric_for_best_model=best_metric_name(t) if strategy != "no" else None,
+        greater_is_better=t.greater_is_better,
         disable_tqdm=not is_main_process(),
     )
 
@@ -129,9 +143,24 @@ def trained_positions(inputs: dict) -> dict:
     return {**inputs, "labels": picked, "shift_labels": picked, "logits_to_keep": keep}
 
 
+def early_stopping_callback(cfg: RunConfig):
+    """transformers' EarlyStoppingCallback from train.early_stopping_*, or None when early stopping is off."""
+    from transformers import EarlyStoppingCallback
+
+    t = cfg.train
+    if t.early_stopping_patience is None:
+        return None
+    return EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)
+
+
 def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=(), backend=None):
-    """An SFTTrainer over pre-tokenized rows (input_ids + labels: our masks are used as they are)."""
+    """An SFTTrainer over pre-tokenized rows (input_ids + labels: our masks are used as they are).
+
+    `callbacks` run in order, before early stopping (a generation metric must be in the metrics it reads).
+    """
     args = sft_config(cfg, cfg.run_dir / CHECKPOINTS, backend)
+    stopper = early_stopping_callback(cfg)
+    callbacks = [*callbacks, *([stopper] if stopper else [])]
     names = trackers(cfg)
     _track_env(cfg, names)
     trainer = sft_trainer_class()(
@@ -140,7 +169,7 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
     if names:
         trainer.add_callback(_config_callback(cfg, names, trainer.callback_handler.callbacks))
@@ -175,6 +204,7 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
             "lower train.learning_rate or check the data"
         )
     metrics = run_metrics(cfg, trainer, output, memory.report, resumed)
+    metrics.update(stop_summary(cfg, trainer))
     metrics["memory_per_rank"] = gather(memory.report)  # collective: every rank reaches it after train()
     if is_main_process() and len(metrics["memory_per_rank"]) > 1:
         from unsloth_sft.memory import format_memory
@@ -227,19 +257,64 @@ def run_metrics(cfg: RunConfig, trainer, output, memory: dict, resumed: dict | N
     }
 
 
+def eval_history(trainer) -> list[dict]:
+    """Each evaluation during training: its step, eval loss and any generation metric (eval_* keys)."""
+    skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_num_tokens")
+    return [
+        {"step": h["step"], **{k: v for k, v in h.items() if k.startswith("eval_") and k not in skip}}
+        for h in trainer.state.log_history
+        if "eval_loss" in h
+    ]
+
+
+def stop_summary(cfg: RunConfig, trainer) -> dict[str, Any]:
+    """Why training stopped and which step was best (with load_best_model_at_end, the step that was exported)."""
+    from transformers import EarlyStoppingCallback
+
+    t, state = cfg.train, trainer.state
+    stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    if stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience:
+        reason = (
+            f"early stopping: {best_metric_name(t)} did not improve by more than {t.early_stopping_threshold} "
+            f"for {stopper.early_stopping_patience} evaluations"
+        )
+    elif t.max_steps is not None:
+        reason = f"reached train.max_steps {t.max_steps}"
+    else:
+        reason = f"finished train.num_train_epochs {t.num_train_epochs}"
+    history = eval_history(trainer)
+    out: dict[str, Any] = {"stopped": {"reason": reason, "step": state.global_step}, "eval_history": history}
+    if history:
+        out["best"] = {
+            "metric": best_metric_name(t),
+            "value": state.best_metric,
+            "step": state.best_global_step,
+            "checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+            "loaded_at_end": load_best(t),  # True: the adapter / merged model saved are this step's weights
+        }
+    return out
+
+
 def loss_history(trainer) -> list[dict]:
     return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
 
 
-def plot_loss(history: list[dict], path: Path, title: str = "training loss") -> Path:
-    """Save the loss curve as a PNG (matplotlib's Agg backend: no display needed)."""
+def plot_loss(
+    history: list[dict], path: Path, title: str = "training loss", evals: list[dict] | None = None, best=None
+) -> Path:
+    """Save the loss curve (train, and eval when evaluated during training) as a PNG (matplotlib's Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".", label="train")
+    if evals:
+        ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], marker="o", label="eval")
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best (step {best})")
+        ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
