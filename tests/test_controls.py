@@ -72,7 +72,12 @@ def test_scheduler_names_are_transformers_own():
         (["lora.layers_to_transform=3-a"], "lora.layers_to_transform: expected layer indices like"),
         (["lora.layers_to_transform=[]"], "lora.layers_to_transform: expected layer indices like"),
         (
-            ["finetune=full", "model.load_in_4bit=false", "export.save_methods=[merged_16bit]", "train.trainable_layers=x"],
+            [
+                "finetune=full",
+                "model.load_in_4bit=false",
+                "export.save_methods=[merged_16bit]",
+                "train.trainable_layers=x",
+            ],
             "train.trainable_layers: expected layer indices",
         ),
     ],
@@ -138,16 +143,19 @@ def test_eval_metric_must_suit_the_task(tmp_path):
 
 
 @pytest.mark.slow
-def test_early_stopping_exports_the_best_checkpoint(tmp_path):
+@pytest.mark.parametrize("backend", ["unsloth", "transformers"])
+def test_early_stopping_exports_the_best_checkpoint(tmp_path, backend):
     """Eval every 2 steps with a generation metric; greater_is_better on the loss makes the first evaluation the
     best while the loss falls, so patience 1 stops at step 4 of 20, and the adapter saved is step 2's, not 4's."""
     from safetensors.torch import load_file
 
     from unsloth_sft import pipeline
+    from unsloth_sft.report import run_summary
+    from unsloth_sft.runs import RunDir
 
     cfg = small_config(
         tmp_path,
-        "model.backend=transformers",
+        f"model.backend={backend}",
         "train.max_steps=20",
         "train.eval_steps=2",
         "train.early_stopping_patience=1",
@@ -179,13 +187,15 @@ def test_early_stopping_exports_the_best_checkpoint(tmp_path):
     assert len(curves["history"]) == 4 and curves["eval"] == history
     card = (cfg.run_dir / "adapter" / "README.md").read_text()
     assert "- stopped at step 4: early stopping" in card and "- best step 2 (eval_loss" in card
+    summary = run_summary(RunDir(cfg.run_dir))
+    assert "stopped at step 4: early stopping" in summary and "best step 2: eval_loss" in summary
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["transformers", "unsloth"])
 def test_freezing_keeps_frozen_weights_bit_identical(tmp_path, backend):
     """Full fine-tuning with embeddings and norms frozen and only layer 1 trainable: frozen weights do not move,
-    layer 1's do, and the group counts printed before training say so."""
+    layer 1's do, and the group counts printed before training say so (NEFTune and a warm-up ratio on)."""
     from unsloth_sft import pipeline
 
     cfg = small_config(
@@ -197,6 +207,10 @@ def test_freezing_keeps_frozen_weights_bit_identical(tmp_path, backend):
         "train.max_steps=3",
         "train.freeze=[embeddings, norms]",
         "train.trainable_layers=1-",
+        "train.neftune_noise_alpha=5",  # pass-throughs that must not break a run on either backend
+        "train.warmup_steps=0",
+        "train.warmup_ratio=0.5",
+        "train.lr_scheduler_type=cosine",
     )
     run = pipeline.start(cfg)
     model = run.loaded.model
@@ -212,6 +226,7 @@ def test_freezing_keeps_frozen_weights_bit_identical(tmp_path, backend):
     assert 0 < groups["attention"]["trainable"] == groups["attention"]["total"] // 2  # one of two layers
     after = dict(model.named_parameters())
     assert all(torch.equal(before[n], after[n].detach()) for n in frozen)
+    assert run.trainer.args.neftune_noise_alpha == 5 and metrics["steps"] == 3
     moved = [n for n in before if n not in frozen and not torch.equal(before[n], after[n].detach())]
     assert moved and all(".layers.1." in n for n in moved)
 
@@ -229,7 +244,11 @@ def test_freeze_pattern_that_matches_nothing(tmp_path):
     with pytest.raises(ModelError, match=r"train.freeze '\*.no_such_module.\*' matches no parameter"):
         load_model(cfg)
     cfg = small_config(
-        tmp_path, "model.backend=transformers", "finetune=full", "export.save_methods=[merged_16bit]", "train.freeze=['*']"
+        tmp_path,
+        "model.backend=transformers",
+        "finetune=full",
+        "export.save_methods=[merged_16bit]",
+        "train.freeze=['*']",
     )
     with pytest.raises(ModelError, match="freeze every parameter"):
         load_model(cfg)
@@ -266,3 +285,25 @@ def test_mlp_preset_resolves_to_the_models_mlp_layers(tmp_path):
     cfg = small_config(tmp_path, "model.backend=transformers", "lora.target_modules=mlp")
     model = load_model(cfg).model
     assert set(model.peft_config["default"].target_modules) == {"gate_proj", "up_proj", "down_proj"}
+
+
+def test_eval_during_training_computes_logits_at_trained_positions_only(tmp_path):
+    """The Trainer's evaluation on a CPU goes through the same loss as training: logits only where a trained token
+    is predicted (a 262k-vocabulary model's full eval logits would be GBs), and no logits gathered."""
+    from unsloth_sft import pipeline
+    from unsloth_sft.train import build_trainer
+
+    cfg = small_config(tmp_path, "model.backend=transformers", "train.eval_steps=2")
+    run = pipeline.start(cfg)
+    trainer = build_trainer(cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, run.data.test)
+    seen = []
+    hook = run.loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["input_ids"].shape[1], kwargs.get("logits_to_keep"))),
+        with_kwargs=True,
+    )
+    try:
+        result = trainer.evaluate()
+    finally:
+        hook.remove()
+    assert result["eval_loss"] > 0 and seen
+    assert all(keep is not None and 0 < len(keep) < length for length, keep in seen)

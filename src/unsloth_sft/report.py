@@ -115,6 +115,17 @@ def run_summary(run: RunDir) -> str:
         f"finished {run}: {m.get('steps')} steps in {m.get('runtime_s', 0):.0f} s{resumed}, {loss}, "
         f"{_memory(m.get('memory') or {})}"
     ]
+    if m.get("eval_history"):
+        last = m["eval_history"][-1]
+        lines.append(
+            f"eval during training: {len(m['eval_history'])} evaluations, last eval_loss {last['eval_loss']:.4f}"
+        )
+    if m.get("stopped") and not m["stopped"]["reason"].startswith("reached"):
+        lines.append(f"stopped at step {m['stopped']['step']}: {m['stopped']['reason']}")
+    best = m.get("best") or {}
+    if best.get("step") is not None:
+        saved = "saved as the adapter/merged model" if best.get("loaded_at_end") else "the last step was saved"
+        lines.append(f"best step {best['step']}: {best['metric']} {best['value']:.4f} ({saved})")
     ev = run.eval_metrics()
     if ev:
         name = HEADLINE.get(ev.get("task"), "eval_loss")
