@@ -307,3 +307,68 @@ def test_eval_during_training_computes_logits_at_trained_positions_only(tmp_path
         hook.remove()
     assert result["eval_loss"] > 0 and seen
     assert all(keep is not None and 0 < len(keep) < length for length, keep in seen)
+
+
+# ---------------------------------------------------------------- model.chat_template
+
+
+def test_chat_template_names_and_files(tmp_path, tokenizer):
+    from unsloth_sft.chat_templates import check_markers, template_text, trl_templates
+
+    assert {"gemma", "llama3", "qwen2_5"} <= set(trl_templates())
+    assert "<start_of_turn>" in template_text("gemma", "transformers")
+    jinja = tmp_path / "mine.jinja"
+    jinja.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert template_text(str(jinja), "transformers") == jinja.read_text()
+    with pytest.raises(ConfigError, match="no such Jinja file"):
+        template_text(str(tmp_path / "missing.jinja"), "transformers")
+    with pytest.raises(ConfigError, match="unsloth's \\(chatml, alpaca, mistral ...\\) on the unsloth backend"):
+        template_text("chatml", "transformers")
+    check_markers(tokenizer, template_text("gemma", "transformers"), "gemma")  # the tiny tokenizer has Gemma's
+    with pytest.raises(ModelError, match=r"llama3 writes <\|end_header_id\|>, <\|eot_id\|>, <\|start_header_id\|>"):
+        check_markers(tokenizer, template_text("llama3", "transformers"), "llama3")
+
+
+def test_unsloth_catalogue_template_needs_the_models_tokens(tmp_path):
+    """unsloth's chatml is found on the unsloth backend, and refused for a tokenizer without <|im_start|>."""
+    pytest.importorskip("unsloth", reason="unsloth's catalogue needs unsloth installed")
+    from unsloth_sft.model import load_model
+
+    cfg = small_config(tmp_path, "model.backend=unsloth", "model.chat_template=chatml")
+    with pytest.raises(ModelError, match=r"chatml writes <\|im_end\|>, <\|im_start\|>, which this tokenizer has no"):
+        load_model(cfg)
+
+
+def test_bad_chat_template_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from unsloth_sft import pipeline
+
+    cfg = small_config(tmp_path, "model.backend=transformers", "model.chat_template=no_such_template")
+    monkeypatch.setattr(pipeline, "load_model", lambda cfg: pytest.fail("the model loaded first"))
+    with pytest.raises(ConfigError, match="model.chat_template 'no_such_template': not a .jinja file or a known"):
+        pipeline.start(cfg)
+
+
+@pytest.mark.slow
+def test_chat_template_is_trained_on_and_travels_with_every_export(tmp_path):
+    """A Jinja file's template renders the training rows, and the adapter and merged folders' tokenizers carry it
+    (what eval and infer load), so the served model sees the format it was trained on."""
+    from transformers import AutoTokenizer
+
+    from unsloth_sft import pipeline
+    from unsloth_sft.chat_templates import template_text
+
+    jinja = tmp_path / "turns.jinja"  # TRL's Gemma template with another system-turn rule: visibly not the model's own
+    jinja.write_text(template_text("gemma", "transformers").replace("System role not supported", "no system turns"))
+    cfg = small_config(
+        tmp_path,
+        "model.backend=transformers",
+        f"model.chat_template={jinja}",
+        "train.max_steps=2",
+        "export.save_methods=[lora, merged_16bit]",
+    )
+    run = pipeline.start(cfg)
+    assert run.loaded.tokenizer.chat_template == jinja.read_text() and run.data.template == "chat"
+    pipeline.fit(run)
+    pipeline.finish(run)
+    for folder in ("adapter", "merged"):
+        assert AutoTokenizer.from_pretrained(cfg.run_dir / folder).chat_template == jinja.read_text(), folder

@@ -100,6 +100,7 @@ class ModelConfig:
     load_in_4bit: bool = True  # NF4 via bitsandbytes: ~4x less weight memory, QLoRA
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs that have it
     trust_remote_code: bool = False  # only for models whose code you have read
+    chat_template: str | None = None  # a template name (gemma, llama3, chatml ...) or a .jinja file; None = the model's
 
 
 @dataclass(config=STRICT)

@@ -10,6 +10,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft.chat_templates import set_chat_template
 from unsloth_sft.config import FREEZE_GROUPS, TARGET_PRESETS, LoraConfig, RunConfig, TrainConfig, layer_indices
 from unsloth_sft.errors import ModelError
 from unsloth_sft.gguf_models import CATALOGUE, gguf_model_path, is_gguf_name
@@ -225,6 +226,7 @@ def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
     path = resolve_model_path(cfg.model.name)
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
     model, tokenizer = loader(cfg, path, with_adapters)
+    set_chat_template(tokenizer, cfg.model.chat_template, backend)  # saved with the adapter / merged model
     if cfg.finetune == "full":
         freeze(model, cfg.train)
     if tokenizer.pad_token is None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft.chat_templates import template_text
 from unsloth_sft.config import RunConfig, eval_strategy, save_config
 from unsloth_sft.data import PreparedData, check_trainable, load_examples, prepare
 from unsloth_sft.distributed import (
@@ -66,7 +67,9 @@ def start(cfg: RunConfig) -> Run:
         folder.check(cfg)
     examples = load_examples(cfg)
     check_eval_data(cfg, examples)
-    import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, the model path)
+    backend = import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, model path)
+    if cfg.model.chat_template:
+        template_text(cfg.model.chat_template, backend)  # a bad name or file fails before the model loads
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
     init_distributed()
     with main_first():  # the tiny model is built once, by rank 0; the others then read it
