@@ -189,6 +189,14 @@ def test_early_stopping_exports_the_best_checkpoint(tmp_path, backend):
     assert "- stopped at step 4: early stopping" in card and "- best step 2 (eval_loss" in card
     summary = run_summary(RunDir(cfg.run_dir))
     assert "stopped at step 4: early stopping" in summary and "best step 2: eval_loss" in summary
+    # Interrupted after training, before metrics.json: the rerun resumes nothing, and still exports step 2's weights.
+    (cfg.run_dir / "metrics.json").unlink()
+    (cfg.run_dir / "adapter").rename(tmp_path / "old-adapter")
+    again = pipeline.run_training(cfg)
+    assert again["resumed_at_step"] == 4 and again["steps_this_run"] == 0 and again["best"]["step"] == 2
+    assert again["stopped"]["reason"].startswith("early stopping")
+    saved = load_file(cfg.run_dir / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
 
 
 @pytest.mark.slow

@@ -193,8 +193,10 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
         if is_main_process():
             print(f"Resuming from {resume_from} (step {resumed.get('global_step')})")
     done = resumed and cfg.train.max_steps is not None and int(resumed.get("global_step") or 0) >= cfg.train.max_steps
+    stopped = (resumed.get("stateful_callbacks") or {}).get("TrainerControl", {}).get("args", {})
+    done = done or bool(stopped.get("should_training_stop"))  # early stopping had ended it before the interruption
     if done:  # transformers 5.17, resumed at its last step, takes one step beyond max_steps: nothing is left to train
-        output = restore_finished(trainer, Path(resume_from))
+        output = restore_finished(trainer, Path(resume_from), load_best(cfg.train))
         memory.on_train_end(trainer.args, trainer.state, trainer.control)
     else:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -214,13 +216,20 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
     return metrics
 
 
-def restore_finished(trainer, checkpoint: Path):
-    """A checkpoint at the run's last step, restored without training: its weights and state, a 0 s runtime."""
+def restore_finished(trainer, checkpoint: Path, best: bool = False):
+    """A checkpoint at the run's last step, restored without training: its weights and state, a 0 s runtime;
+    with `best` (load_best_model_at_end), then the best checkpoint's weights, as the end of trainer.train loads them."""
     from transformers import TrainerState
     from transformers.trainer_utils import TrainOutput
 
     trainer._load_from_checkpoint(str(checkpoint))  # the adapter (or full) weights, as trainer.train would load them
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    for callback in trainer.callback_handler.callbacks:  # early stopping's counter, which stop_summary reads
+        saved = trainer.state.stateful_callbacks.get(type(callback).__name__)
+        if isinstance(saved, dict) and hasattr(callback, "early_stopping_patience_counter"):
+            callback.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+    if best and trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).is_dir():
+        trainer._load_best_model()
     return TrainOutput(trainer.state.global_step, None, {"train_runtime": 0.0})
 
 
