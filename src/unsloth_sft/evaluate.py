@@ -252,7 +252,9 @@ def check_eval_metric(cfg: RunConfig, task: str) -> None:
         raise DataError(f"train.eval_metric {name} is not computed for the {task} task; {fix}")
 
 
-def generation_metric_callback(cfg: RunConfig, tokenizer, conversations: list[list[dict]], template: str, task: str):
+def generation_metric_callback(
+    cfg: RunConfig, tokenizer, conversations: list[list[dict]], template: str, task: str, backend: str | None = None
+):
     """A TrainerCallback that, at each evaluation, generates for the first train.eval_samples test conversations
     and adds train.eval_metric (scored by metrics.text_metrics, as `eval` scores) to the evaluation's metrics.
 
@@ -270,7 +272,7 @@ def generation_metric_callback(cfg: RunConfig, tokenizer, conversations: list[li
 
     class GenerationMetric(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-            outputs = generate(model, tokenizer, prompts, cfg.eval, progress=False)
+            outputs = generate(model, tokenizer, prompts, cfg.eval, backend, progress=False)  # unsloth: for_inference
             value = float(M.text_metrics(outputs, references, task)[name])
             metrics[f"eval_{name}"] = value
             if state.log_history and "eval_loss" in state.log_history[-1]:

@@ -146,7 +146,9 @@ def fit(run: Run) -> dict:
     if cfg.train.eval_metric:
         from unsloth_sft.evaluate import generation_metric_callback
 
-        callbacks.append(generation_metric_callback(cfg, tok, d.test_conversations, d.template, d.task))
+        callbacks.append(
+            generation_metric_callback(cfg, tok, d.test_conversations, d.template, d.task, run.loaded.backend)
+        )
     run.trainer = build_trainer(
         cfg,
         run.loaded.model,
