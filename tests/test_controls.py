@@ -380,3 +380,23 @@ def test_chat_template_is_trained_on_and_travels_with_every_export(tmp_path):
     pipeline.finish(run)
     for folder in ("adapter", "merged"):
         assert AutoTokenizer.from_pretrained(cfg.run_dir / folder).chat_template == jinja.read_text(), folder
+
+
+def test_epoch_evaluation_and_a_generation_metric_as_the_best(tmp_path):
+    """eval_strategy: epoch saves at each epoch for the best checkpoint; a generation metric as the best model's
+    metric is higher-is-better unless told otherwise."""
+    from unsloth_sft.train import sft_config
+
+    cfg = small_config(
+        tmp_path,
+        "train.eval_strategy=epoch",
+        "train.eval_metric=rougeL",
+        "train.metric_for_best_model=rougeL",
+        "train.load_best_model_at_end=true",
+    )
+    args = sft_config(cfg, tmp_path / "ckpt", "transformers")
+    assert (args.eval_strategy, args.save_strategy) == ("epoch", "epoch")
+    assert args.metric_for_best_model == "eval_rougeL" and args.greater_is_better
+    plain = sft_config(small_config(tmp_path), tmp_path / "ckpt", "transformers")
+    assert (plain.eval_strategy, plain.save_strategy, plain.load_best_model_at_end) == ("no", "no", False)
+    assert load_config(overrides=["train.eval_strategy=no"]).train.eval_strategy == "no"  # YAML 1.1 `no` is false
