@@ -67,7 +67,34 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="a playground page on 127.0.0.1: base and tuned answer side by side (Gradio)")
     s.add_argument("run_dir", help="a finished run folder (runs/NAME)")
     s.add_argument("--port", type=int, default=7860, help="local port to serve on (default 7860)")
+    _sweep_parsers(sub, with_params)
     return p
+
+
+def _sweep_parsers(sub, with_params) -> None:
+    """`sweep` (many variants of one recipe) and `compare` (a leaderboard of runs)."""
+    s = with_params("sweep", "train many variants of a recipe (a grid, or --search optuna), then compare them")
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values of a config key to sweep (repeatable); with --search optuna also LOW:HIGH[:log]",
+    )
+    s.add_argument("--seeds", type=int, help="repeat every variant with train.seed 1..N")
+    s.add_argument("--search", choices=["grid", "optuna"], help="grid (default): every combination; optuna: TPE")
+    s.add_argument("--trials", type=int, help="optuna: trials in the study (a rerun runs only the missing ones)")
+    s.add_argument("--metric", help="sort (and optimize) by this metric (default eval_loss)")
+    s.add_argument("--direction", choices=["auto", "minimize", "maximize"], help="auto: minimize losses")
+    s.add_argument("--parallel", type=int, help="variants at once (default 1)")
+    s.add_argument("--notebook", help="run each variant through this notebook with papermill (else the CLI path)")
+    s.add_argument("--no-eval", dest="evaluate", action="store_false", default=None, help="train only")
+    s.add_argument("--out", dest="dir", help="the sweep folder (default OUTPUT_DIR/RUN_NAME-sweep)")
+    s = sub.add_parser("compare", help="leaderboard (markdown, CSV) and plots of runs or sweep folders")
+    s.add_argument("paths", nargs="+", help="run folders, or folders of runs (a sweep folder)")
+    s.add_argument("--metric", help="sort by this metric (default: the sweep's, else eval_loss)")
+    s.add_argument("--direction", choices=["auto", "minimize", "maximize"], default="auto")
+    s.add_argument("--out", help="where the leaderboard goes (default: the one folder given)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +165,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "infer":
         return _infer(args)
+    if args.command in ("sweep", "compare"):
+        return _sweep_or_compare(args)
     if args.command == "export":
         from unsloth_sft.errors import ConfigError
         from unsloth_sft.export import export_run
@@ -158,6 +187,34 @@ def _dispatch(args) -> int:
         serve(args.run_dir, args.port)
         return 0
     raise AssertionError(args.command)
+
+
+def _sweep_or_compare(args) -> int:
+    """sweep: every variant, then the leaderboard; exit 1 when any variant failed. compare: the leaderboard."""
+    from unsloth_sft.compare import compare
+
+    if args.command == "compare":
+        board = compare(args.paths, args.metric, args.direction, args.out)
+        print(board.markdown)
+        print("\n".join(f"{name}: {path}" for name, path in board.files.items()))
+        return 0
+    from unsloth_sft.sweep import grid_args, load_sweep, run_sweep
+
+    if not Path(args.params).is_dir():
+        _load(args.params, args.overrides)  # the data-file check; a bad recipe fails before anything runs
+    options = {k: getattr(args, k) for k in ("seeds", "search", "trials", "metric", "direction", "parallel")}
+    options.update(notebook=args.notebook, evaluate=args.evaluate, dir=args.dir, grid=grid_args(args.grid))
+    sweep = load_sweep(args.params, args.overrides, options)
+    outcomes = run_sweep(sweep, args.params)
+    board = compare([sweep.folder], sweep.spec.metric, sweep.spec.direction)
+    print(board.markdown)
+    print("\n".join(f"{name}: {path}" for name, path in board.files.items()))
+    failed = [o for o in outcomes if o.status == "failed"]
+    ran = sum(o.status == "finished" for o in outcomes)
+    print(f"sweep {sweep.folder}: {ran} trained, {len(outcomes) - ran - len(failed)} skipped, {len(failed)} failed")
+    for o in failed:
+        print(f"unsloth-sft: variant {o.name} failed: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _infer(args) -> int:

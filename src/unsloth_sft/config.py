@@ -608,6 +608,7 @@ def load_config(
 ) -> RunConfig:
     """Load a RunConfig from a YAML file, then a mapping (papermill parameters), then dotted overrides."""
     raw: dict[str, Any] = read_yaml(path) if path else {}
+    raw.pop("sweep", None)  # a params file's sweep section is for `unsloth-sft sweep` (sweep.SweepConfig), not a run
     where = str(path) if path else "params"
     for key, value in copy.deepcopy(params or {}).items():  # a copy: the caller's mapping stays as it was
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

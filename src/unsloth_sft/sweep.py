@@ -1,0 +1,398 @@
+"""Sweeps: one recipe, many variants (a grid, or an Optuna search), each trained in its own process.
+
+A sweep is not part of a run's config: a run folder's config.yaml describes one run, so the `sweep:` section of a
+params file has its own small schema here (`SweepConfig`) and `load_config` leaves it out of the RunConfig. The
+sweep folder holds what reproduces it: `recipe.yaml` (the params file), `sweep.yaml` (its --set overrides and the
+resolved sweep section), `variants/NAME.yaml` (each variant's resolved config), `logs/NAME.log`, `study.db`
+(Optuna), and one run folder per variant, which `unsloth_sft.variant` trains and evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
+
+from unsloth_sft.atomic import atomic_write_text
+from unsloth_sft.config import STRICT, Count, RunConfig, load_config, read_yaml, save_config
+from unsloth_sft.errors import ConfigError, RunError
+from unsloth_sft.runs import RunDir
+
+RECIPE, SWEEP, VARIANTS, LOGS, STUDY, ERROR, LOCK = (
+    "recipe.yaml",
+    "sweep.yaml",
+    "variants",
+    "logs",
+    "study.db",
+    "error.json",
+    ".sweep.lock",
+)
+# Short names of common keys in run names (lr2e-4_r16_s1); any other key goes by its last dotted part.
+SHORT = {
+    "train.learning_rate": "lr",
+    "lora.r": "r",
+    "lora.alpha": "alpha",
+    "train.seed": "s",
+    "train.max_steps": "steps",
+    "train.num_train_epochs": "ep",
+    "train.per_device_train_batch_size": "bs",
+    "train.gradient_accumulation_steps": "ga",
+    "train.warmup_steps": "warmup",
+    "train.weight_decay": "wd",
+    "train.lr_scheduler_type": "sched",
+    "model.name": "model",
+    "data.source": "data",
+}
+RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*(?::\s*(log))?\s*$")  # LOW:HIGH or LOW:HIGH:log
+
+
+@dataclass(config=STRICT)
+class SweepConfig:
+    grid: dict[str, Any] = field(default_factory=dict)  # key -> [values] (grid) or "LOW:HIGH[:log]" (optuna range)
+    seeds: Count | None = None  # repeat every variant with train.seed 1..N (grid only)
+    search: Literal["grid", "optuna"] = "grid"  # grid: every combination; optuna: TPE over the ranges
+    trials: Count | None = None  # optuna: trials in the study in all (a rerun runs only the missing ones)
+    metric: str = (
+        "eval_loss"  # what the leaderboard sorts by and optuna optimizes: an eval metric (tuned) or metrics.json key
+    )
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: minimize losses and perplexity, else maximize
+    parallel: Count = 1  # variants at once; each is its own process (CPU threads are split between them)
+    notebook: str | None = None  # run each variant through this notebook with papermill; None: the CLI path
+    evaluate: bool = True  # score base vs tuned after training (the leaderboard's metrics need it)
+    dir: str | None = None  # the sweep folder; None: OUTPUT_DIR/RUN_NAME-sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool
+    integer: bool
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What a sweep runs: the recipe file, its --set overrides, the sweep section, and the folder."""
+
+    recipe: Path
+    overrides: list[str]
+    spec: SweepConfig
+    folder: Path
+    base: RunConfig
+
+    @property
+    def direction(self) -> str:
+        return direction_of(self.spec.metric, self.spec.direction)
+
+
+def direction_of(metric: str, direction: str = "auto") -> str:
+    if direction != "auto":
+        return direction
+    return "minimize" if metric.endswith("loss") or metric == "perplexity" else "maximize"
+
+
+def parse_values(key: str, text: str) -> list[Any] | str:
+    """`1e-4,2e-4` -> [1e-4, 2e-4] (YAML flow, so `[q_proj],[q_proj,v_proj]` works); a range stays text."""
+    import yaml
+
+    if RANGE.match(text):
+        return text
+    try:
+        values = yaml.safe_load(f"[{text}]")
+    except yaml.YAMLError:
+        raise ConfigError(f"--grid {key}={text}: not a comma-separated list of values (e.g. {key}=1e-4,2e-4)") from None
+    if not values:
+        raise ConfigError(f"--grid {key}=: give at least one value")
+    return values
+
+
+def grid_args(items: list[str]) -> dict[str, Any]:
+    """--grid KEY=V1,V2 (repeatable) as a mapping, in the order given."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--grid '{item}': expected KEY=V1,V2 (e.g. train.learning_rate=1e-4,2e-4)")
+        out[key.strip()] = parse_values(key.strip(), text)
+    return out
+
+
+def as_range(key: str, spec: str) -> Range:
+    m = RANGE.match(spec)
+    if m is None:
+        raise ConfigError(f"sweep.grid.{key}: '{spec}' is neither a list of values nor a range LOW:HIGH[:log]")
+    low, high = (float(x) for x in m.group(1, 2))
+    integer = all(re.fullmatch(r"[-+]?\d+", x) for x in m.group(1, 2))
+    if not low < high or (m.group(3) and low <= 0):
+        raise ConfigError(f"sweep.grid.{key}: range {spec} needs LOW < HIGH (and LOW > 0 with :log)")
+    return Range(low, high, bool(m.group(3)), integer)
+
+
+def check_sweep(spec: SweepConfig) -> None:
+    """A grid has lists, a search has ranges and a trial count; seeds only repeat grid variants."""
+    if not spec.grid:
+        raise ConfigError("sweep.grid is empty; give at least one key, e.g. --grid train.learning_rate=1e-4,2e-4")
+    for key, values in spec.grid.items():
+        if isinstance(values, str) and spec.search == "grid":
+            raise ConfigError(f"sweep.grid.{key}: a range ({values}) needs --search optuna; a grid takes V1,V2,...")
+        if isinstance(values, str):
+            as_range(key, values)
+        elif not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid.{key}: expected a list of values, got {values!r}")
+    if spec.search == "optuna" and spec.trials is None:
+        raise ConfigError("--search optuna needs --trials N (sweep.trials)")
+    if spec.search == "optuna" and spec.seeds is not None:
+        raise ConfigError("--seeds repeats grid variants; with --search optuna put train.seed in the grid instead")
+
+
+def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
+    from unsloth_sft.config import _closest
+
+    names = [f.name for f in dataclasses.fields(SweepConfig)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key 'sweep.{key}'{_closest(str(key), names)}")
+    grid = raw.get("grid") or {}
+    if isinstance(grid, dict):  # a single value in YAML is a list of one; a range stays text
+        grid = {
+            k: v if isinstance(v, list) or (isinstance(v, str) and RANGE.match(v)) else [v] for k, v in grid.items()
+        }
+    try:
+        spec = SweepConfig(**{**raw, "grid": grid})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: sweep.{key}: {first['msg']}, got {first['input']!r}") from None
+    try:
+        check_sweep(spec)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return spec
+
+
+def load_sweep(params: str, overrides: list[str], options: dict[str, Any]) -> Sweep:
+    """The sweep a params file (its `sweep:` section) or an existing sweep folder describes, with CLI options on top."""
+    given = Path(params)
+    if given.is_dir():
+        if not (given / SWEEP).is_file():
+            raise ConfigError(f"{given}: not a sweep folder (no {SWEEP}); pass a params file to start one")
+        saved = read_yaml(given / SWEEP)
+        recipe, raw_sweep = given / RECIPE, {**(saved.get("sweep") or {}), "dir": str(given)}
+        overrides = list(saved.get("overrides") or []) + list(overrides)
+    else:
+        recipe, raw_sweep = given, read_yaml(given).get("sweep") or {}
+        if not isinstance(raw_sweep, dict):
+            raise ConfigError(f"{given}: sweep: expected a mapping (grid:, search:, ...), got {raw_sweep!r}")
+    grid = options.pop("grid", None) or {}
+    raw_sweep = {**raw_sweep, **{k: v for k, v in options.items() if v is not None}}
+    raw_sweep["grid"] = {**(raw_sweep.get("grid") or {}), **grid}
+    spec = sweep_config(raw_sweep, str(given))
+    base = load_config(recipe, overrides)
+    folder = Path(spec.dir) if spec.dir else Path(base.output_dir) / f"{base.run_name}-sweep"
+    spec = dataclasses.replace(spec, dir=str(folder))
+    return Sweep(recipe, list(overrides), spec, folder, base)
+
+
+# ---------------------------------------------------------------- variants and their names
+
+
+def short_value(value: Any) -> str:
+    """2e-4 -> '2e-4', 0.5 -> '0.5', 16 -> '16', [q_proj, v_proj] -> 'q_proj+v_proj', a path -> its stem."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value) if RANGE.match(f"{value}:{value}") else value
+    if isinstance(value, bool) or value is None:
+        text = str(value).lower()
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+            mantissa, _, exp = f"{value:.2e}".partition("e")
+            text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+        else:
+            text = f"{value:.3g}"
+    elif isinstance(value, list):
+        text = "+".join(short_value(v) for v in value)
+    else:
+        text = Path(str(value)).stem if "/" in str(value) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+def run_name(base: str, values: dict[str, Any], prefix: str = "") -> str:
+    parts = [prefix] if prefix else []
+    parts += [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}{short_value(v)}" for k, v in values.items()]
+    return f"{base}_{'_'.join(parts) or 'base'}"
+
+
+def grid_variants(spec: SweepConfig, base: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of the grid (times the seeds), named after the keys that vary: [(name, {key: value})]."""
+    grid = dict(spec.grid)
+    if spec.seeds:
+        grid["train.seed"] = list(range(1, spec.seeds + 1))
+    varying = [k for k, v in grid.items() if len(v) > 1] or list(grid)
+    out, seen = [], set()
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        name = run_name(base, {k: values[k] for k in varying})
+        if name in seen:  # two values that print alike (two data files both named train.jsonl)
+            name = f"{name}-{len(out) + 1}"
+        seen.add(name)
+        out.append((name, values))
+    return out
+
+
+def variant_config(sweep: Sweep, name: str, values: dict[str, Any]) -> RunConfig:
+    """The recipe, its --set overrides, the variant's values, its own run folder in the sweep folder.
+
+    overwrite is always off: the sweep decides what to rerun, and a variant's checkpoints are what it resumes from.
+    """
+    fixed = [("run_name", name), ("output_dir", str(sweep.folder)), ("overwrite", False)]
+    try:
+        return load_config(sweep.recipe, sweep.overrides + list(values.items()) + fixed)
+    except ConfigError as err:
+        raise ConfigError(f"variant {name}: {err}") from None
+
+
+# ---------------------------------------------------------------- one variant, in its own process
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: Literal["finished", "skipped", "failed"]
+    error: str | None = None
+    wall_s: float = 0.0
+
+
+def is_done(run: RunDir, evaluate: bool) -> bool:
+    return run.is_finished and (not evaluate or run.eval_metrics() is not None)
+
+
+def run_variant(sweep: Sweep, cfg: RunConfig, threads: int | None = None) -> Outcome:
+    """Skip a finished variant (trained with this very config), else train (or resume) it in a child process."""
+    from unsloth_sft.runconfig import config_changes
+    from unsloth_sft.runs import write_json
+
+    run, name, spec = RunDir(cfg.run_dir), cfg.run_name, sweep.spec
+    if is_done(run, spec.evaluate):
+        changes = config_changes(run.saved_config() or {}, cfg.to_dict())
+        if not changes:
+            return Outcome(name, "skipped")
+        return Outcome(name, "failed", f"{run} finished with another config ({'; '.join(changes)}); remove it to rerun")
+    (run / ERROR).unlink(missing_ok=True)
+    log = sweep.folder / LOGS / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "unsloth_sft.variant", str(sweep.folder / VARIANTS / f"{name}.yaml")]
+    cmd += ["--notebook", spec.notebook] if spec.notebook else []
+    cmd += [] if spec.evaluate else ["--no-eval"]
+    import os
+
+    env = dict(os.environ)
+    if threads:  # several variants at once share the cores instead of each taking all of them
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    started = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    wall = time.perf_counter() - started
+    if code == 0:
+        return Outcome(name, "finished", wall_s=wall)
+    error = (run.path / ERROR).is_file() and _read_error(run)
+    if not error:  # killed (out of memory, a signal) before it could write error.json
+        tail = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        error = f"exited with code {code}" + (f": {tail[-1].strip()}" if tail else "") + f" (log: {log})"
+        write_json(run / ERROR, {"error": error, "type": "exit", "log": str(log)})
+    return Outcome(name, "failed", error, wall)
+
+
+def _read_error(run: RunDir) -> str:
+    import json
+
+    return json.loads((run / ERROR).read_text(encoding="utf-8")).get("error") or "failed"
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def write_folder(sweep: Sweep, params: str) -> None:
+    """recipe.yaml and sweep.yaml: `unsloth-sft sweep SWEEP_DIR` reruns exactly this sweep."""
+    import yaml
+
+    folder = sweep.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if sweep.recipe.resolve() != (folder / RECIPE).resolve():
+        shutil.copyfile(sweep.recipe, folder / ".recipe.tmp")
+        (folder / ".recipe.tmp").replace(folder / RECIPE)
+    body = {"recipe": str(params), "overrides": sweep.overrides, "sweep": dataclasses.asdict(sweep.spec)}
+    header = f"# unsloth-sft sweep {folder}   (reruns this sweep: finished variants are skipped)\n"
+    atomic_write_text(folder / SWEEP, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """One sweep process per folder: a second one would train the same variants twice."""
+    import fcntl
+
+    with open(folder / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{folder}: another `unsloth-sft sweep` is running on this folder; wait for it") from None
+        yield
+
+
+def save_variant(sweep: Sweep, cfg: RunConfig) -> None:
+    path = sweep.folder / VARIANTS / f"{cfg.run_name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, path.with_suffix(".tmp"), f"variant of {sweep.recipe} in sweep {sweep.folder}")
+    path.with_suffix(".tmp").replace(path)
+
+
+def _report(outcome: Outcome, index: int, total: int | None, print_lock: threading.Lock) -> None:
+    where = f"[{index}/{total}]" if total else f"[{index}]"
+    what = {
+        "skipped": "finished before: skipped",
+        "finished": f"finished in {outcome.wall_s:.0f} s",
+        "failed": f"FAILED: {outcome.error}",
+    }[outcome.status]
+    with print_lock:
+        print(f"{where} {outcome.name}: {what}", flush=True)
+
+
+def run_sweep(sweep: Sweep, params: str) -> list[Outcome]:
+    """Every variant of the grid (or every missing Optuna trial); a failed one is recorded and the rest go on."""
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // sweep.spec.parallel) if sweep.spec.parallel > 1 else None
+    if sweep.spec.search == "grid":
+        planned = [(n, variant_config(sweep, n, v)) for n, v in grid_variants(sweep.spec, sweep.base.run_name)]
+    write_folder(sweep, params)  # every variant's config is valid by now: nothing is written for a bad grid
+    with locked(sweep.folder):
+        if sweep.spec.search == "optuna":
+            from unsloth_sft.search import run_search
+
+            return run_search(sweep, threads)
+        for _, cfg in planned:
+            save_variant(sweep, cfg)
+        print(f"sweep {sweep.folder}: {len(planned)} variants, {sweep.spec.parallel} at a time", flush=True)
+        lock, counter = threading.Lock(), itertools.count(1)
+
+        def one(cfg: RunConfig) -> Outcome:
+            outcome = run_variant(sweep, cfg, threads)
+            _report(outcome, next(counter), len(planned), lock)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=sweep.spec.parallel) as pool:
+            return list(pool.map(one, [cfg for _, cfg in planned]))
