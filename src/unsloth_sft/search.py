@@ -65,6 +65,16 @@ def suggest(trial, sweep: Sweep) -> dict:
     return values
 
 
+def check_space(sweep: Sweep) -> None:
+    """Every choice and both ends of every range make a valid config: a bad key or bound stops before any trial."""
+    for key, spec in sweep.spec.grid.items():
+        ends = (as_range(key, spec).low, as_range(key, spec).high) if isinstance(spec, str) else spec
+        for value in ends:
+            if isinstance(spec, str) and as_range(key, spec).integer:
+                value = int(value)
+            variant_config(sweep, f"{run_name(sweep.base.run_name, {key: value})}", {key: value})
+
+
 def requeue_interrupted(study) -> None:
     """Trials left running by a sweep that stopped: pruned now, and their values queued again (same run name)."""
     from optuna.trial import TrialState
@@ -96,7 +106,13 @@ def run_search(sweep: Sweep, threads: int | None) -> list[Outcome]:
         values = suggest(trial, sweep)
         name = trial.user_attrs.get("run_name") or run_name(sweep.base.run_name, values, prefix=f"t{trial.number}")
         trial.set_user_attr("run_name", name)
-        cfg = variant_config(sweep, name, values)
+        try:
+            cfg = variant_config(sweep, name, values)
+        except ConfigError as err:  # a value inside the ranges that a rule between fields refuses
+            outcome = Outcome(name, "failed", str(err))
+            outcomes.append(outcome)
+            _report(outcome, next(counter), sweep.spec.trials, lock)
+            raise VariantFailed(str(err)) from None
         save_variant(sweep, cfg)
         outcome = run_variant(sweep, cfg, threads)
         value = metric_value(RunDir(cfg.run_dir), sweep.spec.metric) if outcome.status != "failed" else None

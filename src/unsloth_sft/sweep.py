@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import itertools
 import re
 import shutil
@@ -56,7 +57,8 @@ SHORT = {
     "model.name": "model",
     "data.source": "data",
 }
-RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*(?::\s*(log))?\s*$")  # LOW:HIGH or LOW:HIGH:log
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+RANGE = re.compile(rf"^\s*({NUMBER})\s*:\s*({NUMBER})\s*(?::\s*(log))?\s*$")  # LOW:HIGH or LOW:HIGH:log
 
 
 @dataclass(config=STRICT)
@@ -156,6 +158,8 @@ def check_sweep(spec: SweepConfig) -> None:
         raise ConfigError("--search optuna needs --trials N (sweep.trials)")
     if spec.search == "optuna" and spec.seeds is not None:
         raise ConfigError("--seeds repeats grid variants; with --search optuna put train.seed in the grid instead")
+    if spec.search == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise ConfigError("--search optuna needs Optuna: pip install 'unsloth-sft[sweep]' (or pip install optuna)")
 
 
 def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
@@ -210,10 +214,9 @@ def load_sweep(params: str, overrides: list[str], options: dict[str, Any]) -> Sw
 
 
 def short_value(value: Any) -> str:
-    """2e-4 -> '2e-4', 0.5 -> '0.5', 16 -> '16', [q_proj, v_proj] -> 'q_proj+v_proj', a path -> its stem."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value) if RANGE.match(f"{value}:{value}") else value
+    """2e-4 -> '2e-4', 0.5 -> '0.5', 16 -> '16', [q_proj, v_proj] -> 'q-proj+v-proj', a path -> its stem."""
+    if isinstance(value, str) and re.fullmatch(NUMBER, value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 as text
     if isinstance(value, bool) or value is None:
         text = str(value).lower()
     elif isinstance(value, int):
@@ -227,13 +230,16 @@ def short_value(value: Any) -> str:
     elif isinstance(value, list):
         text = "+".join(short_value(v) for v in value)
     else:
-        text = Path(str(value)).stem if "/" in str(value) else str(value)
+        text = Path(str(value)).stem if "/" in str(value) else str(value).rsplit(":", 1)[-1]  # sample:NAME -> NAME
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
 def run_name(base: str, values: dict[str, Any], prefix: str = "") -> str:
     parts = [prefix] if prefix else []
-    parts += [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}{short_value(v)}" for k, v in values.items()]
+    for key, value in values.items():
+        text = short_value(value)
+        sep = "-" if text[:1].isalpha() else ""  # lr2e-4, r16, but data-mine, sched-cosine
+        parts.append(f"{SHORT.get(key, key.rsplit('.', 1)[-1])}{sep}{text}")
     return f"{base}_{'_'.join(parts) or 'base'}"
 
 
@@ -378,6 +384,10 @@ def run_sweep(sweep: Sweep, params: str) -> list[Outcome]:
     threads = max(1, (os.cpu_count() or 1) // sweep.spec.parallel) if sweep.spec.parallel > 1 else None
     if sweep.spec.search == "grid":
         planned = [(n, variant_config(sweep, n, v)) for n, v in grid_variants(sweep.spec, sweep.base.run_name)]
+    else:
+        from unsloth_sft.search import check_space
+
+        check_space(sweep)
     write_folder(sweep, params)  # every variant's config is valid by now: nothing is written for a bad grid
     with locked(sweep.folder):
         if sweep.spec.search == "optuna":
