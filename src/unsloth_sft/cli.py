@@ -205,7 +205,7 @@ def _sweep_or_compare(args) -> int:
     options = {k: getattr(args, k) for k in ("seeds", "search", "trials", "metric", "direction", "parallel")}
     options.update(notebook=args.notebook, evaluate=args.evaluate, dir=args.dir, grid=grid_args(args.grid))
     sweep = load_sweep(args.params, args.overrides, options)
-    outcomes = run_sweep(sweep, args.params)
+    outcomes = run_sweep(sweep)
     board = compare([sweep.folder], sweep.spec.metric, sweep.spec.direction)
     print(board.markdown)
     print("\n".join(f"{name}: {path}" for name, path in board.files.items()))

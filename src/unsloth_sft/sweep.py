@@ -89,7 +89,8 @@ class Range:
 class Sweep:
     """What a sweep runs: the recipe file, its --set overrides, the sweep section, and the folder."""
 
-    recipe: Path
+    recipe: Path  # the params file variants are built from (the sweep folder's recipe.yaml on a rerun)
+    source: str  # the params file the sweep was first started from, as given
     overrides: list[str]
     spec: SweepConfig
     folder: Path
@@ -163,7 +164,7 @@ def check_sweep(spec: SweepConfig) -> None:
 
 
 def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
-    from unsloth_sft.config import _closest
+    from unsloth_sft.config import _closest, _one_line
 
     names = [f.name for f in dataclasses.fields(SweepConfig)]
     for key in raw:
@@ -177,9 +178,7 @@ def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
     try:
         spec = SweepConfig(**{**raw, "grid": grid})
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: sweep.{key}: {first['msg']}, got {first['input']!r}") from None
+        raise ConfigError(f"{where}: {_one_line(err, SweepConfig, raw, 'sweep')}") from None
     try:
         check_sweep(spec)
     except ConfigError as err:
@@ -195,9 +194,10 @@ def load_sweep(params: str, overrides: list[str], options: dict[str, Any]) -> Sw
             raise ConfigError(f"{given}: not a sweep folder (no {SWEEP}); pass a params file to start one")
         saved = read_yaml(given / SWEEP)
         recipe, raw_sweep = given / RECIPE, {**(saved.get("sweep") or {}), "dir": str(given)}
+        source = str(saved.get("recipe") or recipe)
         overrides = list(saved.get("overrides") or []) + list(overrides)
     else:
-        recipe, raw_sweep = given, read_yaml(given).get("sweep") or {}
+        recipe, raw_sweep, source = given, read_yaml(given).get("sweep") or {}, str(given)
         if not isinstance(raw_sweep, dict):
             raise ConfigError(f"{given}: sweep: expected a mapping (grid:, search:, ...), got {raw_sweep!r}")
     grid = options.pop("grid", None) or {}
@@ -207,7 +207,7 @@ def load_sweep(params: str, overrides: list[str], options: dict[str, Any]) -> Sw
     base = load_config(recipe, overrides)
     folder = Path(spec.dir) if spec.dir else Path(base.output_dir) / f"{base.run_name}-sweep"
     spec = dataclasses.replace(spec, dir=str(folder))
-    return Sweep(recipe, list(overrides), spec, folder, base)
+    return Sweep(recipe, source, list(overrides), spec, folder, base)
 
 
 # ---------------------------------------------------------------- variants and their names
@@ -315,6 +315,8 @@ def run_variant(sweep: Sweep, cfg: RunConfig, threads: int | None = None) -> Out
     wall = time.perf_counter() - started
     if code == 0:
         return Outcome(name, "finished", wall_s=wall)
+    if code in (130, -2):  # Ctrl-C: not a failure of the variant; a rerun resumes it
+        return Outcome(name, "failed", "interrupted", wall)
     error = (run.path / ERROR).is_file() and _read_error(run)
     if not error:  # killed (out of memory, a signal) before it could write error.json
         tail = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
@@ -332,7 +334,7 @@ def _read_error(run: RunDir) -> str:
 # ---------------------------------------------------------------- the sweep
 
 
-def write_folder(sweep: Sweep, params: str) -> None:
+def write_folder(sweep: Sweep) -> None:
     """recipe.yaml and sweep.yaml: `unsloth-sft sweep SWEEP_DIR` reruns exactly this sweep."""
     import yaml
 
@@ -341,7 +343,7 @@ def write_folder(sweep: Sweep, params: str) -> None:
     if sweep.recipe.resolve() != (folder / RECIPE).resolve():
         shutil.copyfile(sweep.recipe, folder / ".recipe.tmp")
         (folder / ".recipe.tmp").replace(folder / RECIPE)
-    body = {"recipe": str(params), "overrides": sweep.overrides, "sweep": dataclasses.asdict(sweep.spec)}
+    body = {"recipe": sweep.source, "overrides": sweep.overrides, "sweep": dataclasses.asdict(sweep.spec)}
     header = f"# unsloth-sft sweep {folder}   (reruns this sweep: finished variants are skipped)\n"
     atomic_write_text(folder / SWEEP, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
 
@@ -362,7 +364,7 @@ def locked(folder: Path):
 def save_variant(sweep: Sweep, cfg: RunConfig) -> None:
     path = sweep.folder / VARIANTS / f"{cfg.run_name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, path.with_suffix(".tmp"), f"variant of {sweep.recipe} in sweep {sweep.folder}")
+    save_config(cfg, path.with_suffix(".tmp"), f"variant of {sweep.source} in sweep {sweep.folder}")
     path.with_suffix(".tmp").replace(path)
 
 
@@ -377,7 +379,7 @@ def _report(outcome: Outcome, index: int, total: int | None, print_lock: threadi
         print(f"{where} {outcome.name}: {what}", flush=True)
 
 
-def run_sweep(sweep: Sweep, params: str) -> list[Outcome]:
+def run_sweep(sweep: Sweep) -> list[Outcome]:
     """Every variant of the grid (or every missing Optuna trial); a failed one is recorded and the rest go on."""
     import os
 
@@ -388,7 +390,7 @@ def run_sweep(sweep: Sweep, params: str) -> list[Outcome]:
         from unsloth_sft.search import check_space
 
         check_space(sweep)
-    write_folder(sweep, params)  # every variant's config is valid by now: nothing is written for a bad grid
+    write_folder(sweep)  # every variant's config is valid by now: nothing is written for a bad grid
     with locked(sweep.folder):
         if sweep.spec.search == "optuna":
             from unsloth_sft.search import run_search

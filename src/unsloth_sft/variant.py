@@ -74,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             from unsloth_sft.evaluate import evaluate_run
 
             evaluate_run(cfg, run)
-    except (Exception, KeyboardInterrupt) as err:
+    except KeyboardInterrupt:
+        return 130  # interrupted, not failed: no error.json, and a rerun resumes it
+    except Exception as err:
         traceback.print_exc()  # into the variant's log
         line = " ".join(str(err).split()) or type(err).__name__
         where = run or RunDir(Path(args.config).parent.parent / Path(args.config).stem)
         write_json(where / ERROR, {"error": line, "type": type(err).__name__})
-        return 130 if isinstance(err, KeyboardInterrupt) else 1
+        return 1
     write_json(run / WALL, {"wall_s": round(time.perf_counter() - started, 1), "notebook": args.notebook})
     return 0
 
