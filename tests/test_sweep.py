@@ -144,6 +144,47 @@ def test_compare_needs_runs_and_an_output_for_several_folders(tmp_path):
         compare([tmp_path / "a", tmp_path / "b"])
 
 
+def test_compare_lists_every_status_and_sorts_by_the_metric(tmp_path):
+    """Hand-made run folders: finished, trained without eval, failed, unfinished, and a planned variant."""
+    from unsloth_sft.config import save_config
+
+    folder = tmp_path / "s"
+
+    def run(name: str, lr: float, files: dict[str, dict]) -> None:
+        save_config(load_config(None, [f"run_name={name}", f"train.learning_rate={lr}"]), tmp_path / "c.yaml")
+        (folder / name).mkdir(parents=True)
+        (tmp_path / "c.yaml").rename(folder / name / "config.yaml")
+        for rel, data in files.items():
+            (folder / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name / rel).write_text(json.dumps(data), encoding="utf-8")
+
+    train = {"runtime_s": 2.0, "tokens_per_s": 100.0, "memory": {"peak_rss_mb": 600.0}}
+    scores = lambda tuned: {"metrics": {"eval_loss": {"base": 3.0, "tuned": tuned}, "rougeL": {"tuned": 0.2}}}  # noqa: E731
+    run("a", 1e-3, {"metrics.json": train, "eval/metrics.json": scores(2.5)})
+    run("b", 2e-3, {"metrics.json": train, "eval/metrics.json": scores(2.1)})
+    run("c", 3e-3, {"metrics.json": train})
+    run("d", 4e-3, {"error.json": {"error": "data.source: missing.jsonl not found"}})
+    run("e", 5e-3, {})
+    (folder / "variants").mkdir()
+    save_config(load_config(None, ["run_name=f", "train.learning_rate=0.006"]), folder / "variants" / "f.yaml")
+    board = compare([folder])
+    assert [(r.name, r.status) for r in board.rows] == [
+        ("b", "finished"),
+        ("a", "finished"),
+        ("c", "trained"),
+        ("d", "failed"),
+        ("e", "unfinished"),
+        ("f", "pending"),
+    ]
+    assert board.keys == ["train.learning_rate"] and board.direction == "minimize"
+    rows = read_csv(folder / "leaderboard.csv")
+    assert [r["train.learning_rate"] for r in rows] == ["0.002", "0.001", "0.003", "0.004", "0.005", "0.006"]
+    assert rows[0]["eval_loss_base"] == "3" and rows[0]["eval_loss_tuned"] == "2.1" and rows[0]["rougeL_base"] == ""
+    assert rows[3]["error"] == "data.source: missing.jsonl not found"
+    assert "| [b](b) | finished | 2e-3 | 3 -> 2.1 |" in (folder / "leaderboard.md").read_text(encoding="utf-8")
+    assert [r.name for r in compare([folder], metric="rougeL", out=tmp_path / "o").rows][:2] == ["a", "b"]
+
+
 # ---------------------------------------------------------------- sweeps that train
 
 

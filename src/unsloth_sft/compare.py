@@ -177,7 +177,9 @@ def plot_losses(rows: list[Row], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for row, history in curves:
-        (line,) = ax.plot([h["step"] for h in history], [h["loss"] for h in history], label=row.name, alpha=0.8)
+        (line,) = ax.plot(
+            [h["step"] for h in history], [h["loss"] for h in history], label=row.name, alpha=0.8, marker="."
+        )
         tuned = (row.eval.get("eval_loss") or {}).get("tuned")
         if is_number(tuned):
             ax.plot([history[-1]["step"]], [tuned], "x", color=line.get_color(), markersize=9)
