@@ -160,8 +160,11 @@ def test_compare_lists_every_status_and_sorts_by_the_metric(tmp_path):
 
     train = {"runtime_s": 2.0, "tokens_per_s": 100.0, "memory": {"peak_rss_mb": 600.0}}
     scores = lambda tuned: {"metrics": {"eval_loss": {"base": 3.0, "tuned": tuned}, "rougeL": {"tuned": 0.2}}}  # noqa: E731
-    run("a", 1e-3, {"metrics.json": train, "eval/metrics.json": scores(2.5)})
-    run("b", 2e-3, {"metrics.json": train, "eval/metrics.json": scores(2.1)})
+    curve = {"history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 2.2}]}
+    evals = {**curve, "eval": [{"step": 3, "eval_loss": 2.4}]}  # evaluated during training (train.eval_steps)
+    best = {**train, "best": {"metric": "eval_loss", "value": 2.4, "step": 3}}
+    run("a", 1e-3, {"metrics.json": best, "eval/metrics.json": scores(2.5), "loss_history.json": evals})
+    run("b", 2e-3, {"metrics.json": train, "eval/metrics.json": scores(2.1), "loss_history.json": curve})
     run("c", 3e-3, {"metrics.json": train})
     run("d", 4e-3, {"error.json": {"error": "data.source: missing.jsonl not found"}})
     run("e", 5e-3, {})
@@ -181,6 +184,8 @@ def test_compare_lists_every_status_and_sorts_by_the_metric(tmp_path):
     assert [r["train.learning_rate"] for r in rows] == ["0.002", "0.001", "0.003", "0.004", "0.005", "0.006"]
     assert rows[0]["eval_loss_base"] == "3" and rows[0]["eval_loss_tuned"] == "2.1" and rows[0]["rougeL_base"] == ""
     assert rows[3]["error"] == "data.source: missing.jsonl not found"
+    assert [rows[0]["best_step"], rows[1]["best_step"]] == ["2", "3"]  # lowest training loss; the best evaluation
+    assert board.files["loss_curves.png"].stat().st_size > 0 and "metric_vs_keys.png" in board.files
     assert "| [b](b) | finished | 2e-3 | 3 -> 2.1 |" in (folder / "leaderboard.md").read_text(encoding="utf-8")
     assert [r.name for r in compare([folder], metric="rougeL", out=tmp_path / "o").rows][:2] == ["a", "b"]
 

@@ -83,7 +83,10 @@ def read_row(path: Path, planned: Path | None = None) -> Row:
     else:
         status = "unfinished" if run.config_file.is_file() else "pending"
     history = _read_json(run.loss_history).get("history") or []
-    best = min(history, key=lambda h: h["loss"])["step"] if history else None
+    # the best evaluation during training (train.eval_steps), else the step of the lowest training loss
+    best = (train.get("best") or {}).get("step")
+    if best is None and history:
+        best = min(history, key=lambda h: h["loss"])["step"]
     wall = _read_json(path / WALL).get("wall_s")
     return Row(path.name, path, status, flatten(saved or {}), ev, train, wall, error, best)
 
@@ -165,26 +168,30 @@ def table(rows: list[Row], keys: list[str], out: Path) -> tuple[list[str], list[
 
 
 def plot_losses(rows: list[Row], path: Path) -> bool:
-    """Training loss curves overlaid; each run's final eval loss (tuned) as a cross at its last step."""
+    """Training loss curves overlaid (solid), eval loss during training where a run has it (dashed), and each run's
+    final eval loss (tuned) as a cross at its last step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [(r, _read_json(RunDir(r.path).loss_history).get("history") or []) for r in rows]
-    curves = [(r, h) for r, h in curves if h]
+    curves = [(r, _read_json(RunDir(r.path).loss_history)) for r in rows]
+    curves = [(r, c["history"], c.get("eval") or []) for r, c in curves if c.get("history")]
     if not curves:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for row, history in curves:
+    for row, history, evals in curves:
         (line,) = ax.plot(
             [h["step"] for h in history], [h["loss"] for h in history], label=row.name, alpha=0.8, marker="."
         )
+        if evals:
+            steps, losses = [h["step"] for h in evals], [h.get("eval_loss") for h in evals]
+            ax.plot(steps, losses, linestyle="--", marker="o", markersize=3, color=line.get_color(), alpha=0.8)
         tuned = (row.eval.get("eval_loss") or {}).get("tuned")
         if is_number(tuned):
             ax.plot([history[-1]["step"]], [tuned], "x", color=line.get_color(), markersize=9)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (lines: training; x: eval loss, tuned)")
+    ax.set_ylabel("loss (solid: train; dashed: eval; x: final eval, tuned)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     _save(fig, path)
