@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from unsloth_sft.infer import load_run_model
 
     cfg = load_config(args.params)
-    model, tokenizer = load_run_model(cfg, Path(args.run))
+    model, tokenizer = load_run_model(Path(args.run))
     data = prepare(cfg, tokenizer)
     prompts = prompts_for(tokenizer, data.test_conversations, data.template)
     rows, reference = [], None

@@ -56,7 +56,7 @@ from unsloth_sft.infer import load_run_model, prompt_for, run_task
 from unsloth_sft.notebooks import notebook_run
 
 run, cfg = notebook_run(_given, _DEFINED, run_dir)  # the run's own config.yaml: its task and template
-lm, tokenizer = load_run_model(cfg, run)
+lm, tokenizer = load_run_model(run)
 
 # %% [markdown]
 # ### The prompt, as the model sees it

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import small_config
 
-from unsloth_sft import data
+from unsloth_sft import data, tasks
 from unsloth_sft.errors import DataError, SFTError
 from unsloth_sft.preview import preview
 
@@ -152,7 +152,7 @@ def test_hindi_sample_size_and_prompt(tmp_path, tokenizer):
     assert len(p.train) + len(p.test) >= 80
     user = p.train_conversations[0][0]
     assert user["role"] == "user"
-    assert user["content"] == f"{data.DEFAULT_INSTRUCTION}\n\n{train_rows[0]['dialogue']}"
+    assert user["content"] == f"{tasks.DEFAULT_INSTRUCTION}\n\n{train_rows[0]['dialogue']}"
     assert [m["role"] for m in p.train_conversations[0]] == ["user", "assistant"]
 
 

@@ -57,6 +57,18 @@ def test_eval_writes_report(trained):
     assert (folder / "metrics.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_task_is_resolved_once_and_saved_with_the_run(trained):
+    """The recipe said data.task: auto; config.yaml says what it was, and eval/infer read it from there."""
+    from unsloth_sft.infer import run_task
+    from unsloth_sft.runconfig import run_config
+    from unsloth_sft.runs import RunDir
+
+    run = RunDir(trained.run_dir)
+    assert trained.data.task == "auto" and run.saved_config()["data"]["task"] == "summarization"
+    cfg = run_config(run, trained)  # the recipe, still on auto, agrees with the run
+    assert cfg.data.task == "summarization" and run_task(run, cfg) == "summarization"
+
+
 def test_batched_generation_equals_one_by_one(trained):
     """Left-padded batches give the same greedy text as one prompt at a time."""
     import dataclasses
@@ -65,7 +77,7 @@ def test_batched_generation_equals_one_by_one(trained):
     from unsloth_sft.evaluate import generate, prompts_for
     from unsloth_sft.infer import load_run_model
 
-    model, tok = load_run_model(trained, trained.run_dir)
+    model, tok = load_run_model(trained.run_dir)
     data = prepare(trained, tok)
     prompts = prompts_for(tok, data.test_conversations[:3], data.template)
     batched = generate(model, tok, prompts, dataclasses.replace(trained.eval, batch_size=3))

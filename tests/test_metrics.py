@@ -16,8 +16,8 @@ from unsloth_sft.metrics import (
     perplexity,
     rouge,
     sacrebleu_scores,
-    text_metrics,
 )
+from unsloth_sft.tasks import text_metrics
 
 HINDI = "मैं आज बाज़ार से ताज़ी सब्ज़ियाँ ख़रीदने जा रहा हूँ।"
 HINDI_UNRELATED = "बिल्ली ने दूध पिया"

@@ -100,15 +100,16 @@ def test_chat_without_the_ui_extra_names_the_pip_command(capsys, tmp_path, monke
 )
 def test_prefilled_example_renders_as_eval_renders_it(params, tokenizer):
     """The page's first example, rendered for the model, is eval's prompt for the first test example."""
+    from unsloth_sft import tasks
     from unsloth_sft.config import load_config
     from unsloth_sft.data import choose_template, load_examples
     from unsloth_sft.evaluate import prompts_for
-    from unsloth_sft.playground import INPUT_LABEL, example_pairs, render_input
+    from unsloth_sft.playground import example_pairs, render_input
 
     cfg = load_config(ROOT / "params" / params)
     ex = load_examples(cfg)
     pairs, where = example_pairs(cfg, ex.task)
-    assert where == "test split" and len(pairs) == min(len(ex.test.rows), 20) and ex.task in INPUT_LABEL
+    assert where == "test split" and len(pairs) == min(len(ex.test.rows), 20) and tasks.get(ex.task).input_label
     conv = ex.test_conversations[0]
     expected = prompts_for(tokenizer, [conv], choose_template(ex.task, cfg.data, tokenizer))[0]
     assert render_input(cfg, ex.task, tokenizer, pairs[0][0]) == expected

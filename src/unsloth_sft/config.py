@@ -19,10 +19,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
+from unsloth_sft import tasks
 from unsloth_sft.errors import ConfigError
 
-Task = Literal["auto", "summarization", "gsm8k", "qa", "chat", "instruction", "completion", "text"]
 Template = Literal["auto", "chat", "qa", "alpaca", "plain"]
 SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf"]
 Backend = Literal["auto", "unsloth", "transformers"]
@@ -48,7 +49,7 @@ EvalMetric = Literal["rouge1", "rouge2", "rougeL", "chrf++", "bleu", "exact_matc
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 # Named groups of train.freeze (beside name globs)
 FREEZE_GROUPS = ("embeddings", "norms", "attention", "mlp", "lm_head")
-TASKS: tuple[str, ...] = typing.get_args(Task)
+TASKS: tuple[str, ...] = ("auto", *tasks.names())  # the built-in ones; data.task takes any registered task
 TEMPLATES: tuple[str, ...] = typing.get_args(Template)
 SAVE_METHODS: tuple[str, ...] = typing.get_args(SaveMethod)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
@@ -79,6 +80,16 @@ def _yaml11_no(value: Any) -> Any:
     return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
 
+def _task_name(value: Any) -> Any:
+    """data.task: auto or a registered task (unsloth_sft.tasks), checked like a Literal so the error lists them."""
+    choices = ("auto", *tasks.names())
+    if isinstance(value, str) and value in choices:
+        return value
+    expected = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+Task = Annotated[str, BeforeValidator(_task_name)]
 Number = Annotated[float, BeforeValidator(_yaml11_number)]  # an int widens to a float; text only if YAML 1.1 missed it
 Positive = Annotated[Number, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
@@ -180,6 +191,7 @@ class DataConfig:
     block_size: Count = 128  # raw text: tokens per training block
     skip_empty: bool = True  # rows with an empty answer are skipped and counted (False: error)
     cache_tokenized: bool = True  # reuse tokenized rows from ~/.cache/unsloth_sft/tokenized when nothing changed
+    language: Names | None = None  # model card languages (ISO 639-1, e.g. [hi, en]); None: the task's (tasks.py)
 
 
 def check_data(d: DataConfig) -> None:
@@ -385,6 +397,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_task(self, task: str) -> RunConfig:
+        """This config with data.task resolved (auto -> the detected task), as a run saves it in config.yaml."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, task=task))
+
 
 SECTIONS = {
     "model": ModelConfig,
@@ -420,7 +436,8 @@ def check_finetune(cfg: RunConfig) -> None:
 def check_packing(cfg: RunConfig) -> None:
     """Packed raw-text blocks must fit a sequence."""
     d, m = cfg.data, cfg.model
-    if cfg.train.packing and d.task == "text" and d.block_size > m.max_seq_length:
+    blocks = d.task != "auto" and tasks.get(d.task).shape == "blocks"
+    if cfg.train.packing and blocks and d.block_size > m.max_seq_length:
         raise ConfigError(
             f"data.block_size {d.block_size} is larger than model.max_seq_length {m.max_seq_length} with packing; "
             "lower block_size or raise max_seq_length"
@@ -462,8 +479,6 @@ def check_secret(key: str, where: str) -> None:
             "variable (or run `huggingface-cli login`) instead"
         )
 
-
-_check_secret = check_secret  # the name notebooks.py imports; new code uses check_secret
 
 _EXPECTED = {
     "int_type": "an integer",

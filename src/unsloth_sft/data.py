@@ -6,21 +6,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from unsloth_sft.columns import (  # noqa: F401  (re-exported: the fields are part of what data means)
-    ANSWER_FIELD,
-    FIELDS,
-    OPTIONAL_FIELDS,
-    TASK_FIELDS,
-    _resolve_columns,
-    check_columns,
-    detect_task,
-)
+from unsloth_sft import tasks
+from unsloth_sft.columns import check_columns, detect_task, resolve_columns
 from unsloth_sft.config import DataConfig, RunConfig
 from unsloth_sft.errors import DataError
 from unsloth_sft.prompts import has_chat_template, render, render_prompt
 from unsloth_sft.sources import SUFFIXES, Split, read_source, sample_names, train_test  # noqa: F401  (re-exported)
 
-DEFAULT_INSTRUCTION = "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
 ROLES = ("system", "user", "assistant")
 MIN_TRAIN_BLOCKS = 8  # raw text: fewer training blocks than one default batch (2 x 4) is not a fine-tune
 
@@ -75,36 +67,25 @@ def to_messages(
     """
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
-    missing = [c for f, c in cols.items() if c not in row and f not in OPTIONAL_FIELDS.get(task, ())]
+    record = tasks.get(task)
+    missing = [c for f, c in cols.items() if c not in row and f not in record.optional]
     if missing:
         raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
-    if task == "chat":
-        messages = _check_messages(row[cols["messages"]], where)
+    if record.shape == "messages":
+        messages = _check_messages(row[cols[record.fields[0]]], where)
         if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return None
     else:
-        answer = _text(row, cols[ANSWER_FIELD[task]], where) if ANSWER_FIELD[task] in cols else ""
+        answer = _text(row, cols[record.answer], where) if record.answer in cols else ""
         if require_answer and not answer.strip():
             return None
-        if task == "summarization":
-            user = f"{cfg.instruction or DEFAULT_INSTRUCTION}\n\n{_text(row, cols['dialogue'], where)}"
-        elif task == "instruction":
-            extra = _text(row, cols["input"], where) if "input" in cols else ""
-            user = _text(row, cols["instruction"], where) + (f"\n\n{extra}" if extra.strip() else "")
-        else:
-            user = _text(row, cols[TASK_FIELDS[task][0]], where)
-        messages = [{"role": "user", "content": user}]
+        values = {f: _text(row, c, where) for f, c in cols.items() if f != record.answer}
+        messages = [{"role": "user", "content": record.prompt(values, cfg)}]
         if answer.strip():
             messages.append({"role": "assistant", "content": answer})
     if cfg.system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": cfg.system_prompt}, *messages]
     return messages
-
-
-def _looks_like_gsm8k(rows: list[dict], cols: dict[str, str]) -> bool:
-    """question/answer rows whose answers end in '#### N' are GSM8K-style math (scored by exact match)."""
-    sample = [str(r.get(cols["answer"], "")) for r in rows[:20] if isinstance(r, dict)]
-    return bool(sample) and all("####" in a for a in sample)
 
 
 def choose_template(task: str, cfg: DataConfig, tokenizer) -> str:
@@ -113,10 +94,10 @@ def choose_template(task: str, cfg: DataConfig, tokenizer) -> str:
         if cfg.template == "chat" and not has_chat_template(tokenizer):
             raise DataError("data.template is chat but the tokenizer has no chat template; use qa, alpaca or plain")
         return cfg.template
-    natural = {"qa": "qa", "instruction": "alpaca", "completion": "plain"}.get(task)
-    if natural:
-        return natural
-    return "chat" if has_chat_template(tokenizer) else ("qa" if task == "gsm8k" else "alpaca")
+    record = tasks.get(task)
+    if record.template != "chat":
+        return record.template
+    return "chat" if has_chat_template(tokenizer) else record.fallback
 
 
 def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[dict]], int]:
@@ -124,7 +105,7 @@ def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[d
     if not split.rows:
         return [], 0
     columns = list(split.rows[0]) if isinstance(split.rows[0], dict) else []
-    cols = _resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
+    cols = resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
     out, skipped = [], 0
     for row, where in zip(split.rows, split.where):
         messages = to_messages(row, task, cols, cfg, where)
@@ -250,15 +231,9 @@ def load_examples(cfg: RunConfig) -> Examples:
     if not isinstance(first, dict):
         raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
     origin = train.where[0].rsplit(" ", 2)[0]
-    task = detect_task(list(first), d, origin)
-    if (
-        task == "qa"
-        and d.task == "auto"
-        and _looks_like_gsm8k(train.rows, _resolve_columns(list(first), d, "qa", origin))
-    ):
-        task = "gsm8k"
-    if task == "text":
-        col = _resolve_columns(list(first), d, task, origin)["text"]
+    task = detect_task(list(first), d, origin, rows=train.rows)
+    if tasks.get(task).shape == "blocks":
+        col = resolve_columns(list(first), d, task, origin)[tasks.get(task).fields[0]]
         for row, where in zip(train.rows, train.where):
             _text(row, col, where)
         return Examples(task, train, test, text_column=col)
@@ -274,6 +249,13 @@ def load_examples(cfg: RunConfig) -> Examples:
     return Examples(task, train, test, train_convs, test_convs, skipped)
 
 
+def has_test(ex: Examples, cfg: RunConfig) -> bool:
+    """Whether there is something to test on: test conversations, or raw text's own test split or carve."""
+    if tasks.get(ex.task).shape == "blocks":  # blocks are carved after tokenizing
+        return bool(ex.test and ex.test.rows) or cfg.data.test_size > 0
+    return bool(ex.test_conversations)
+
+
 def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> PreparedData:
     """Tokenize a run's train and test data (loading it first unless `examples` are given)."""
     import datasets
@@ -281,7 +263,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
     d = cfg.data
     ex = examples or load_examples(cfg)
     max_len = cfg.model.max_seq_length
-    if ex.task == "text":
+    if tasks.get(ex.task).shape == "blocks":
         col = ex.text_column
         blocks = text_blocks(tokenizer, [_text(r, col, w) for r, w in zip(ex.train.rows, ex.train.where)], d.block_size)
         ds = datasets.Dataset.from_dict(blocks)
@@ -294,7 +276,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
                 test_size=int(d.test_size) if d.test_size >= 1 else d.test_size, seed=cfg.train.seed
             )
             ds, test_ds = parts["train"], parts["test"]
-        return PreparedData(ex.task, "none", ds, test_ds)
+        return PreparedData(ex.task, tasks.get(ex.task).template, ds, test_ds)
     template = choose_template(ex.task, d, tokenizer)
     train_ds, truncated = tokenize_cached(tokenizer, ex.train_conversations, template, d, max_len)
     if not any(any(x != -100 for x in labels) for labels in train_ds["labels"]):
@@ -312,7 +294,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
 
 def check_trainable(data: PreparedData, cfg: RunConfig) -> None:
     """Refuse raw text too short to train on once its test blocks are carved (saying how many went where)."""
-    if data.task == "text" and len(data.train) < MIN_TRAIN_BLOCKS:
+    if tasks.get(data.task).shape == "blocks" and len(data.train) < MIN_TRAIN_BLOCKS:
         test = len(data.test) if data.test is not None else 0
         raise DataError(
             f"{cfg.data.source}: the text makes {len(data.train) + test} blocks of {cfg.data.block_size} tokens, "

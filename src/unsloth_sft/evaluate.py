@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft import tasks
 from unsloth_sft.config import EvalConfig, RunConfig
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render, render_prompt, stop_token_ids
@@ -160,6 +161,14 @@ def generation_speed(tokenizer, outputs: list[str], seconds: float) -> dict:
     return {"new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
 
 
+def score(task: tasks.Task, references: list[str], tuned: list[str], base: list[str] | None = None) -> dict:
+    """The task's metrics of the tuned (and base) outputs: {metric: {"tuned": x, "base": y}}."""
+    scores = {name: {"tuned": value} for name, value in task.metrics(tuned, references).items()}
+    for name, value in (task.metrics(base, references) if base else {}).items():
+        scores[name]["base"] = value
+    return scores
+
+
 def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = None) -> dict[str, Any]:
     """Score the base and the tuned model on the test split; write eval/ predictions, metrics, report, chart.
 
@@ -167,21 +176,20 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     results then go to eval-NAME/, beside the run's own eval/.
     """
     from unsloth_sft import metrics as M
-    from unsloth_sft.data import load_examples, prepare
+    from unsloth_sft.data import has_test, load_examples, prepare
     from unsloth_sft.model import load_for_inference
     from unsloth_sft.report import write_eval
 
     run = RunDir.of(run)
+    if cfg.data.task == "auto" and run.task:  # the task the run resolved when it started, not a new guess
+        cfg = cfg.with_task(run.task)
     has_adapter = run.has_adapter
     if run.kind is None:
         raise ModelError(f"{run}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
     no_test = DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
     examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
-    if examples.task == "text":  # raw text: a test split of its own, or blocks carved after tokenizing
-        has_test = bool(examples.test and examples.test.rows) or cfg.data.test_size > 0
-    else:
-        has_test = bool(examples.test_conversations)
-    if not has_test:
+    record = tasks.get(examples.task)
+    if not has_test(examples, cfg):
         raise no_test
     if has_adapter:  # the base is the same weights with the adapter switched off: one model in memory
         model, tokenizer = load_for_inference(cfg.model.name, str(run.adapter))
@@ -205,7 +213,7 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
         base_loss = eval_loss(base_model or model, tokenizer, data.test, cfg.eval.batch_size)
     tuned_loss = eval_loss(model, tokenizer, data.test, cfg.eval.batch_size)
     scores: dict[str, dict] = {"eval_loss": {"base": base_loss, "tuned": tuned_loss}}
-    if data.task == "text":
+    if record.metrics is None:  # nothing to generate (raw text): the loss as perplexity
         scores["perplexity"] = {"base": M.perplexity(base_loss), "tuned": M.perplexity(tuned_loss)}
         rows = []
     else:
@@ -221,11 +229,7 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
         if cfg.eval.compare_base:
             with as_base():
                 base_out = generate(base_model or model, tokenizer, base_prompts, cfg.eval)
-        for name, value in M.text_metrics(tuned_out, references, data.task).items():
-            scores[name] = {"tuned": value}
-        if base_out:
-            for name, value in M.text_metrics(base_out, references, data.task).items():
-                scores[name]["base"] = value
+        scores.update(score(record, references, tuned_out, base_out))
         rows = [
             {"input": p, "reference": r, "base": b, "tuned": t}
             for p, r, b, t in zip(tuned_prompts, references, base_out or [None] * len(references), tuned_out)
@@ -241,12 +245,11 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
 
 def check_eval_metric(cfg: RunConfig, task: str) -> None:
     """train.eval_metric must be one the task's scoring computes (gsm8k: exact_match; raw text: none)."""
-    from unsloth_sft import metrics as M
-
     name = cfg.train.eval_metric
     if name is None:
         return
-    names = [] if task == "text" else list(M.text_metrics(["a"], ["a"], task))
+    record = tasks.get(task)
+    names = list(record.metrics(["a"], ["a"])) if record.metrics else []
     if name not in names:
         fix = f"use one of {', '.join(names)}" if names else "score raw text by its eval loss: unset it"
         raise DataError(f"train.eval_metric {name} is not computed for the {task} task; {fix}")
@@ -256,15 +259,14 @@ def generation_metric_callback(
     cfg: RunConfig, tokenizer, conversations: list[list[dict]], template: str, task: str, backend: str | None = None
 ):
     """A TrainerCallback that, at each evaluation, generates for the first train.eval_samples test conversations
-    and adds train.eval_metric (scored by metrics.text_metrics, as `eval` scores) to the evaluation's metrics.
+    and adds train.eval_metric (scored by the task's metrics, as `eval` scores) to the evaluation's metrics.
 
     It runs before EarlyStoppingCallback and the Trainer's best-checkpoint choice see the metrics, so both can use it;
     the Trainer has already logged the evaluation, so the value is added to that log entry too (metrics.json).
     """
     from transformers import TrainerCallback
 
-    from unsloth_sft import metrics as M
-
+    scorer = tasks.get(task).metrics
     convs = conversations[: cfg.train.eval_samples]
     references = [c[-1]["content"] for c in convs]
     prompts = prompts_for(tokenizer, convs, template)
@@ -273,7 +275,7 @@ def generation_metric_callback(
     class GenerationMetric(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             outputs = generate(model, tokenizer, prompts, cfg.eval, backend, progress=False)  # unsloth: for_inference
-            value = float(M.text_metrics(outputs, references, task)[name])
+            value = float(scorer(outputs, references)[name])
             metrics[f"eval_{name}"] = value
             if state.log_history and "eval_loss" in state.log_history[-1]:
                 state.log_history[-1][f"eval_{name}"] = value

@@ -19,9 +19,7 @@ def save_adapter(model, tokenizer, target: Path) -> Path:
     return target
 
 
-def merge_adapter(
-    base_path: str, adapter_dir: Path, out_dir: Path, max_shard_size: str = "5GB", dtype: str = "auto"
-) -> Path:
+def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, max_shard_size: str = "5GB") -> Path:
     """Reload the base in 16/32-bit, apply the adapter, merge, save safetensors + tokenizer + generation config.
 
     Never merges into 4-bit weights: the base is reloaded un-quantised (a pre-quantised bnb checkpoint is
@@ -35,7 +33,7 @@ def merge_adapter(
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no LoRA adapter here (adapter_config.json missing); train first")
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype))
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype("auto"))
     if getattr(base.config, "quantization_config", None):
         base = base.dequantize()
     check_adapter_base(str(adapter_dir), base)
@@ -81,21 +79,24 @@ def export_unsloth(model, tokenizer, method: str, out_dir: Path, quantization_me
     return Path(out_dir)
 
 
-def model_card(cfg: RunConfig, base_model: str, metrics: dict | None, eval_metrics: dict | None, kind: str) -> str:
+def model_card(cfg: RunConfig, metrics: dict | None, eval_metrics: dict | None, kind: str) -> str:
     """README.md with Hub YAML metadata, the training config, metrics, and how to load the model."""
     import yaml
 
-    language = ["hi", "en"] if "hindi" in cfg.data.source else ["en"]
+    from unsloth_sft import tasks
+
+    task = tasks.TASKS.get(cfg.data.task)  # the run's resolved task (config.yaml); None for auto (not yet resolved)
     source = base_source(cfg.model.name)
-    if source:
-        base_model = source["base_model"] or base_model
+    base_model = (source or {}).get("base_model") or cfg.model.name
     meta = {
         "base_model": base_model,
         "datasets": [cfg.data.source] if not cfg.data.source.startswith("sample:") else [],
-        "language": language,
+        "language": tasks.card_language(cfg.data.task, cfg.data.language),
         "library_name": "peft" if kind == "lora" else "transformers",
         "license": cfg.export.license or (source or {}).get("license") or "other",
-        "tags": ["unsloth", "trl", "sft"] + (["lora"] if cfg.finetune != "full" else []),
+        "tags": ["unsloth", "trl", "sft"]
+        + (["lora"] if cfg.finetune != "full" else [])
+        + list(task.tags if task else ()),
         "pipeline_tag": "text-generation",
     }
     repo = cfg.export.push_to_hub or f"{cfg.run_name}"
@@ -159,14 +160,14 @@ def base_source(name: str) -> dict | None:
     return model_source(resolve_model_path(name)) if is_gguf_name(name) else None
 
 
-def write_card(folder: Path, text: str, cfg: RunConfig | None = None) -> None:
+def write_card(folder: Path, text: str, cfg: RunConfig) -> None:
     """The model card, plus the base model's terms file when its licence says it must travel with derivatives."""
     import shutil
 
     from unsloth_sft.atomic import atomic_write_text
 
     atomic_write_text(Path(folder) / "README.md", text)
-    source = base_source(cfg.model.name) if cfg is not None else None
+    source = base_source(cfg.model.name)
     if source and source["license_file"]:
         from unsloth_sft.model import resolve_model_path
 
@@ -216,14 +217,14 @@ def export_run(run: RunDir | Path, methods: list[str], push_to_hub: str | None =
         if method == "lora":
             if not run.has_adapter:
                 raise ModelError(f"{run}: no adapter/ in this run (full fine-tuning or unfinished); use merged_16bit")
-            write_card(run.adapter, model_card(cfg, cfg.model.name, metrics, eval_metrics, "lora"), cfg)
+            write_card(run.adapter, model_card(cfg, metrics, eval_metrics, "lora"), cfg)
             out["lora"] = str(run.adapter)
         elif method == "merged_16bit":
             if run.has_adapter:
                 merge_adapter(resolve_model_path(cfg.model.name), run.adapter, run.merged, cfg.export.max_shard_size)
             elif not run.has_merged:
                 raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
-            write_card(run.merged, model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged"), cfg)
+            write_card(run.merged, model_card(cfg, metrics, eval_metrics, "merged"), cfg)
             out["merged_16bit"] = str(run.merged)
         elif method in ("merged_4bit_forced", "gguf"):
             unsloth_only(method, "transformers")  # a saved run has no live unsloth model: always explains

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft import tasks
+from unsloth_sft.columns import detect_task, resolve_columns
 from unsloth_sft.config import RunConfig
-from unsloth_sft.data import TASK_FIELDS, choose_template, detect_task, load_examples, to_messages
+from unsloth_sft.data import choose_template, load_examples, to_messages
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render_prompt
 from unsloth_sft.runs import RunDir
@@ -16,7 +18,7 @@ from unsloth_sft.runs import RunDir
 TEXT_PROMPT_CHARS = 200  # raw-text runs: the infer notebook continues the first test text from this many characters
 
 
-def load_run_model(cfg: RunConfig, run: RunDir | Path):
+def load_run_model(run: RunDir | Path):
     """The run's merged model when it has one, else the base with its adapter: (model, tokenizer)."""
     from unsloth_sft.model import load_for_inference
 
@@ -29,32 +31,35 @@ def recipe_task(cfg: RunConfig) -> str:
 
 
 def run_task(run: RunDir, cfg: RunConfig) -> str:
-    """The task a run trained on: metrics.json says it; else the recipe's."""
-    return (run.metrics() or {}).get("task") or recipe_task(cfg)
+    """The task a run trained on: its config says it (saved when training started); else the recipe's."""
+    return cfg.data.task if cfg.data.task != "auto" else run.task or recipe_task(cfg)
 
 
 def messages_for(value: Any, cfg: RunConfig, task: str, where: str) -> tuple[list[dict], str]:
     """A conversation and its task from an input: a string, {"messages": [...]}, or the dataset's own columns."""
+    record = tasks.get(task)
     if isinstance(value, str):
-        if task == "chat":
-            return [{"role": "user", "content": value}], "chat"
-        field = TASK_FIELDS[task][0]
+        if record.shape == "messages":
+            return [{"role": "user", "content": value}], task
+        field = record.fields[0]
         return to_messages({field: value}, task, {field: field}, cfg.data, where, require_answer=False), task
-    if isinstance(value, dict) and "messages" in value:
-        return to_messages(value, "chat", {"messages": "messages"}, cfg.data, where, require_answer=False), "chat"
+    talks = [
+        t for t in tasks.TASKS.values() if t.shape == "messages" and isinstance(value, dict) and t.fields[0] in value
+    ]
+    if talks:  # {"messages": [...]}: a conversation, whatever the run's task
+        field = talks[0].fields[0]
+        return to_messages(value, talks[0].name, {field: field}, cfg.data, where, require_answer=False), talks[0].name
     if isinstance(value, dict):
-        from unsloth_sft.data import _resolve_columns
-
-        row_task = task if task != "chat" else detect_task(list(value), cfg.data, where, answer=False)
-        cols = _resolve_columns(list(value), cfg.data, row_task, where, answer=False)
+        row_task = task if record.shape != "messages" else detect_task(list(value), cfg.data, where, answer=False)
+        cols = resolve_columns(list(value), cfg.data, row_task, where, answer=False)
         return to_messages(value, row_task, cols, cfg.data, where, require_answer=False), row_task
     raise DataError(f"{where}: expected a string or an object, got {type(value).__name__}")
 
 
 def prompt_text(value: Any, cfg: RunConfig, task: str, tokenizer, where: str) -> str:
     """The prompt the model continues: raw text for a text run, else the input rendered in the run's template."""
-    if task == "text":  # a raw-text run never saw a chat turn: it continues the text itself
-        text = value.get("text") if isinstance(value, dict) else value
+    if tasks.get(task).shape == "blocks":  # a raw-text run never saw a chat turn: it continues the text itself
+        text = value.get(tasks.get(task).fields[0]) if isinstance(value, dict) else value
         if not isinstance(text, str):
             raise DataError(f'{where}: a raw-text run continues text; give a JSON string or {{"text": "..."}}')
         return (tokenizer.bos_token or "") + text  # training blocks start with BOS too (data.text_blocks)
@@ -67,19 +72,20 @@ def prompt_for(cfg: RunConfig, tokenizer, prompt: str | None, task: str | None =
     if prompt is not None:
         return prompt_text(prompt, cfg, task or recipe_task(cfg), tokenizer, "prompt")
     examples = load_examples(cfg)
-    if examples.task == "text":
+    if examples.text_column is not None:  # raw text: the start of the first test text, to continue
         split = examples.test if examples.test is not None and examples.test.rows else examples.train
-        return prompt_text(split.rows[0][examples.text_column][:TEXT_PROMPT_CHARS], cfg, "text", tokenizer, "prompt")
+        text = split.rows[0][examples.text_column][:TEXT_PROMPT_CHARS]
+        return prompt_text(text, cfg, examples.task, tokenizer, "prompt")
     messages = (examples.test_conversations or examples.train_conversations)[0]
     return render_prompt(tokenizer, messages, choose_template(examples.task, cfg.data, tokenizer))
 
 
 def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
     """(line number, parsed value or None, error or None) for each non-empty line of a JSONL file."""
-    from unsloth_sft.sources import _read_text
+    from unsloth_sft.sources import read_text
 
     out = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

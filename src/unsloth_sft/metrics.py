@@ -7,8 +7,6 @@ import re
 import unicodedata
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-TEXT_TASKS = frozenset({"summarization", "qa", "chat", "instruction", "completion"})
-VALID_TASKS = ("gsm8k", *sorted(TEXT_TASKS))
 
 # math.exp overflows just above 709.78; 700 leaves headroom and is already a useless perplexity.
 _MAX_EXP_ARG = 700.0
@@ -146,10 +144,6 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(mean_loss)
 
 
-def text_metrics(predictions: list[str], references: list[str], task: str) -> dict[str, float]:
-    """Metrics suited to task: GSM8K exact match, or ROUGE plus chrF++/BLEU for free text."""
-    if task == "gsm8k":
-        return gsm8k_exact_match(predictions, references)
-    if task in TEXT_TASKS:
-        return {**rouge(predictions, references), **sacrebleu_scores(predictions, references)}
-    raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(VALID_TASKS)}")
+def free_text(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Scores for free text (summaries, answers, replies): ROUGE-1/2/L, then chrF++ and BLEU."""
+    return {**rouge(predictions, references), **sacrebleu_scores(predictions, references)}

@@ -215,7 +215,7 @@ def _hub_error(name: str, err: Exception) -> ModelError:
     )
 
 
-def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
+def load_model(cfg: RunConfig) -> LoadedModel:
     """Load the base model and tokenizer for `cfg`, and attach LoRA adapters unless fine-tuning fully."""
     backend = choose_backend(cfg.model.backend)
     if backend == "unsloth":
@@ -225,7 +225,7 @@ def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
     set_seed(cfg.train.seed)  # LoRA matrices are drawn here, before the Trainer seeds: same seed, same init
     path = resolve_model_path(cfg.model.name)
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
-    model, tokenizer = loader(cfg, path, with_adapters)
+    model, tokenizer = loader(cfg, path)
     set_chat_template(tokenizer, cfg.model.chat_template, backend)  # saved with the adapter / merged model
     if cfg.finetune == "full":
         freeze(model, cfg.train)
@@ -235,7 +235,7 @@ def load_model(cfg: RunConfig, with_adapters: bool = True) -> LoadedModel:
     return LoadedModel(model, tokenizer, backend, path, trainable, total)
 
 
-def _load_unsloth(cfg: RunConfig, path: str, with_adapters: bool):
+def _load_unsloth(cfg: RunConfig, path: str):
     from unsloth import FastLanguageModel
 
     m, lora = cfg.model, cfg.lora
@@ -251,7 +251,7 @@ def _load_unsloth(cfg: RunConfig, path: str, with_adapters: bool):
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise _hub_error(m.name, err) from None
-    if with_adapters and cfg.finetune != "full":
+    if cfg.finetune != "full":
         model = FastLanguageModel.get_peft_model(
             model,
             r=lora.r,
@@ -268,7 +268,7 @@ def _load_unsloth(cfg: RunConfig, path: str, with_adapters: bool):
     return model, tokenizer
 
 
-def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
+def _load_transformers(cfg: RunConfig, path: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -293,7 +293,7 @@ def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
         )
     except (OSError, ValueError) as err:
         raise _hub_error(m.name, err) from None
-    if not (with_adapters and cfg.finetune != "full"):
+    if cfg.finetune == "full":
         return model, tokenizer
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -318,7 +318,7 @@ def _load_transformers(cfg: RunConfig, path: str, with_adapters: bool):
     return get_peft_model(model, peft_config), tokenizer
 
 
-def load_for_inference(model_path: str, adapter: str | None = None, backend: str = "auto", load_in_4bit: bool = False):
+def load_for_inference(model_path: str, adapter: str | None = None):
     """Load a model folder or Hub id (optionally with a LoRA adapter) for generation: (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig, _check_secret, load_config
+from unsloth_sft.config import RunConfig, check_secret, load_config
 from unsloth_sft.errors import ConfigError
 from unsloth_sft.runs import RunDir
 
@@ -28,7 +28,7 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
     """
     unknown = sorted(k for k in namespace if k not in defined and not k.startswith("_"))
     for name in unknown:  # `-p hf_token ...` gets the reason, not just "unknown"
-        _check_secret(name, f"notebook parameter '{name}'")
+        check_secret(name, f"notebook parameter '{name}'")
     if unknown:
         raise ConfigError(f"unknown notebook parameter(s): {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
     params = _sections(namespace)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft import tasks
 from unsloth_sft.chat_templates import template_text
 from unsloth_sft.config import RunConfig, eval_strategy, save_config
-from unsloth_sft.data import PreparedData, check_trainable, load_examples, prepare
+from unsloth_sft.data import PreparedData, check_trainable, has_test, load_examples, prepare
 from unsloth_sft.distributed import (
     check_launch,
     from_main,
@@ -66,6 +67,7 @@ def start(cfg: RunConfig) -> Run:
     if is_main_process():
         folder.check(cfg)
     examples = load_examples(cfg)
+    cfg = cfg.with_task(examples.task)  # resolved once: config.yaml, eval and infer all say which task this is
     check_eval_data(cfg, examples)
     backend = import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, model path)
     if cfg.model.chat_template:
@@ -118,11 +120,7 @@ def check_eval_data(cfg: RunConfig, examples) -> None:
 
     if eval_strategy(cfg.train) == "no":
         return
-    if examples.task == "text":
-        has_test = bool(examples.test and examples.test.rows) or cfg.data.test_size > 0
-    else:
-        has_test = bool(examples.test_conversations)
-    if not has_test:
+    if not has_test(examples, cfg):
         raise DataError(no_test_split(cfg))
     check_eval_metric(cfg, examples.task)
 
@@ -130,8 +128,8 @@ def check_eval_data(cfg: RunConfig, examples) -> None:
 def data_line(d: PreparedData, cfg: RunConfig) -> str:
     """One line on what training will see: task, template, examples (or raw-text blocks) per split."""
     test = len(d.test) if d.test is not None else 0
-    if d.task == "text":
-        return f"text task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
+    if tasks.get(d.task).shape == "blocks":
+        return f"{d.task} task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
     return (
         f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
         f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens"
@@ -199,20 +197,19 @@ def finish(run: Run) -> dict:
         best = (run.metrics.get("best") or {}).get("step")
         title = f"{cfg.run_name}: {'training and eval' if evals else 'training'} loss"
         plot_loss(history, folder.loss_plot, title=title, evals=evals, best=best)
-    base_name = cfg.model.name
     methods = cfg.export.save_methods
     exported = {}
     if cfg.finetune != "full":
         path = sharded or save_adapter(lm.model, lm.tokenizer, folder.adapter)
-        write_card(path, model_card(cfg, base_name, run.metrics, None, "lora"), cfg)
+        write_card(path, model_card(cfg, run.metrics, None, "lora"), cfg)
         exported["lora"] = str(path)
         if "merged_16bit" in methods:
             path = merge_adapter(lm.path, path, folder.merged, cfg.export.max_shard_size)
-            write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"), cfg)
+            write_card(path, model_card(cfg, run.metrics, None, "merged"), cfg)
             exported["merged_16bit"] = str(path)
     else:
         path = sharded or save_full(lm.model, lm.tokenizer, folder.merged, cfg.export.max_shard_size)
-        write_card(path, model_card(cfg, base_name, run.metrics, None, "merged"), cfg)
+        write_card(path, model_card(cfg, run.metrics, None, "merged"), cfg)
         exported["merged_16bit"] = str(path)
     for method in ("merged_4bit_forced", "gguf"):
         if method in methods:

@@ -25,15 +25,6 @@ DEFAULT_PORT = 7860  # Gradio's own default
 UI_PIP = 'pip install "unsloth-sft[ui]"'
 MAX_EXAMPLES = 20  # test examples offered in the page's drop-down
 REFERENCE_CHARS = 300  # raw-text runs: the reference is the text's next this many characters
-INPUT_LABEL = {
-    "summarization": "Dialogue",
-    "gsm8k": "Question",
-    "qa": "Question",
-    "instruction": "Instruction",
-    "completion": "Prompt",
-    "text": "Text to continue",
-    "chat": "Your message",
-}
 
 
 @dataclass
@@ -105,8 +96,9 @@ def finished_run(path: str | os.PathLike) -> RunDir:
 
 def example_pairs(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str]:
     """(input, reference) pairs from the run's test split (else its training split), and which split that was."""
-    from unsloth_sft.columns import ANSWER_FIELD, TASK_FIELDS
-    from unsloth_sft.data import _resolve_columns, load_examples
+    from unsloth_sft import tasks
+    from unsloth_sft.columns import resolve_columns
+    from unsloth_sft.data import load_examples
     from unsloth_sft.infer import TEXT_PROMPT_CHARS
 
     try:
@@ -114,8 +106,9 @@ def example_pairs(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str
     except DataError:  # the data is not here (a Hub dataset offline): the page still works, with empty boxes
         return [], "none (the run's data is not available here)"
     split, where = (ex.test, "test split") if ex.test is not None and ex.test.rows else (ex.train, "training split")
+    record = tasks.get(task)
     pairs: list[tuple[str, str]] = []
-    if task == "chat":
+    if record.shape == "messages":
         convs = ex.test_conversations if where == "test split" else ex.train_conversations
         for conv in convs[:MAX_EXAMPLES]:
             user = next((m["content"] for m in conv if m["role"] == "user"), "")
@@ -123,15 +116,15 @@ def example_pairs(cfg: RunConfig, task: str) -> tuple[list[tuple[str, str]], str
             pairs.append((user, reply))
         return pairs, where
     for row, at in zip(split.rows[:MAX_EXAMPLES], split.where):
-        cols = _resolve_columns(list(row), cfg.data, task, at, answer=task != "text")
-        if task == "text":
-            text = str(row.get(cols["text"]) or "")
+        cols = resolve_columns(list(row), cfg.data, task, at, answer=record.shape != "blocks")
+        if record.shape == "blocks":
+            text = str(row.get(cols[record.fields[0]]) or "")
             pairs.append((text[:TEXT_PROMPT_CHARS], text[TEXT_PROMPT_CHARS : TEXT_PROMPT_CHARS + REFERENCE_CHARS]))
             continue
-        given = str(row.get(cols[TASK_FIELDS[task][0]]) or "")
-        extra = str(row.get(cols["input"]) or "") if task == "instruction" and "input" in cols else ""
-        text = given + (f"\n\n{extra}" if extra.strip() else "")  # as to_messages joins an instruction and its input
-        pairs.append((text, str(row.get(cols[ANSWER_FIELD[task]]) or "")))
+        # the input fields, blank-line separated (an instruction and its input, as to_messages joins them); the
+        # task's own framing (summarization's instruction) is added when the page renders the input
+        given = [str(row.get(cols[f]) or "") for f in record.all_fields if f != record.answer and f in cols]
+        pairs.append(("\n\n".join(g for g in given if g.strip()), str(row.get(cols[record.answer]) or "")))
     return [p for p in pairs if p[0].strip()], where
 
 

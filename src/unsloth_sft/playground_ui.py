@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unsloth_sft import tasks
 from unsloth_sft.errors import DataError, RunError
 from unsloth_sft.playground import (
     DEFAULT_PORT,
     HOST,
-    INPUT_LABEL,
     Playground,
     check_port,
     check_ui_installed,
@@ -44,7 +44,8 @@ def build_app(pg: Playground):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    ecfg, task, tok, chat = pg.cfg.eval, pg.task, pg.tokenizer, pg.task == "chat"
+    ecfg, task, tok, record = pg.cfg.eval, pg.task, pg.tokenizer, tasks.get(pg.task)
+    chat = record.shape == "messages"  # a conversation: a chat box, turn after turn
     device = next(pg.model.parameters()).device
     source = f"{pg.cfg.model.name} + the run's LoRA adapter" if pg.has_base else "the run's merged model"
     first = pg.examples[0] if pg.examples else ("", "")
@@ -63,7 +64,7 @@ def build_app(pg: Playground):
                 choices, value=choices[0] if choices else None, label=f"Example from the run's {pg.examples_from}"
             )
             with gr.Row():
-                text = gr.Textbox(first[0], label=INPUT_LABEL[task], lines=3 if chat else 8, elem_id="input")
+                text = gr.Textbox(first[0], label=record.input_label, lines=3 if chat else 8, elem_id="input")
                 reference = gr.Textbox(
                     first[1],
                     label="Reference (the example's own answer)",

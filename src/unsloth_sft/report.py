@@ -7,18 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from unsloth_sft import tasks
 from unsloth_sft.runs import RunDir, atomic_dir
-
-# The one metric the run summary shows per task (all of them are in eval/metrics.json and report.md).
-HEADLINE = {
-    "summarization": "rougeL",
-    "gsm8k": "exact_match",
-    "qa": "rougeL",
-    "chat": "chrf++",
-    "instruction": "rougeL",
-    "completion": "rougeL",
-    "text": "perplexity",
-}
 
 
 def _fmt(x: Any) -> str:
@@ -128,7 +118,8 @@ def run_summary(run: RunDir) -> str:
         lines.append(f"best step {best['step']}: {best['metric']} {best['value']:.4f} ({saved})")
     ev = run.eval_metrics()
     if ev:
-        name = HEADLINE.get(ev.get("task"), "eval_loss")
+        task = tasks.TASKS.get(ev.get("task"))  # the one metric shown; all of them are in eval/ and the table
+        name = task.headline if task else "eval_loss"
         v = ev["metrics"].get(name) or ev["metrics"].get("eval_loss") or {}
         lines.append(f"eval: {name} {_fmt(v.get('base'))} -> {_fmt(v.get('tuned'))} (base -> tuned)")
         lines.append(f"on {ev.get('test_examples')} test examples:\n{metrics_table(ev['metrics'])}")

@@ -19,7 +19,7 @@ from unsloth_sft.runs import RunDir
 # never the weights. Any other difference (model, data, template, LoRA, optimizer, seed...) refuses to resume.
 RESUMABLE_CHANGES = tuple(
     "run_name output_dir overwrite train.resume train.logging_steps train.save_steps train.save_total_limit "
-    "train.report_to train.dataset_num_proc train.stop_on_nan data.cache_tokenized eval.* export.*".split()
+    "train.report_to train.dataset_num_proc train.stop_on_nan data.cache_tokenized data.language eval.* export.*".split()
 )
 
 
@@ -41,18 +41,24 @@ def _may_change(key: str) -> bool:
 def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The keys that shape training and differ between a saved config and a new one, as `key: old -> new`.
 
-    A key only one side has (the schema changed between versions) is not a difference.
+    A key only one side has (the schema changed between versions) is not a difference, nor is a task left to
+    detection on one side and resolved on the other (`agrees`).
     """
     old, now = flatten(saved), flatten(new)
     return [
         f"{k}: {old[k]!r} -> {now[k]!r}"
         for k in sorted(old.keys() & now.keys())
-        if not _may_change(k) and old[k] != now[k]
+        if not _may_change(k) and not agrees(k, old[k], now[k])
     ]
 
 
+def agrees(key: str, old: Any, new: Any) -> bool:
+    """Equal values; or data.task `auto` on one side, which the run resolves (and saves) when it starts."""
+    return old == new or (key == "data.task" and "auto" in (old, new))
+
+
 # Keys of a data section that do not change what a test example looks like: they may differ from the run's.
-FREE_DATA_KEYS = ("data.cache_tokenized", "data.max_samples", "data.skip_empty")
+FREE_DATA_KEYS = ("data.cache_tokenized", "data.max_samples", "data.skip_empty", "data.language")
 
 
 def must_match(key: str) -> bool:
@@ -86,14 +92,14 @@ def run_config(
     if given is not None:
         new = flatten(given.to_dict())
         for key in sorted(old.keys() & new.keys()):
-            if must_match(key) and key not in explicit and old[key] != new[key]:
+            if must_match(key) and key not in explicit and not agrees(key, old[key], new[key]):
                 raise ConfigError(
                     f"{where}: {key} is {new[key]!r} but {run} was trained with {old[key]!r}; leave the params "
                     f"out (the run's config.yaml is used), or change it on purpose with --set {key}=..."
                 )
     extra: list[Any] = []
     if data is not None:  # every row of the file is a test example, shaped as the run's task
-        task = (run.metrics() or {}).get("task") or saved.get("data", {}).get("task", "auto")
+        task = run.task or "auto"
         extra = [("data.source", str(data)), ("data.split", "train"), ("data.test_split", "train"), ("data.task", task)]
     params = {"eval": given.to_dict()["eval"]} if given is not None else None
     cfg = run.config(overrides + extra, params=params)

@@ -94,7 +94,15 @@ class RunDir:
 
         if not self.config_file.is_file():
             raise RunError(f"{self.path}: no {CONFIG}, so not a run folder; pass the folder `unsloth-sft train` made")
-        return load_config(self.config_file, overrides or [], params=params)
+        cfg = load_config(self.config_file, overrides or [], params=params)
+        return cfg.with_task(self.task) if cfg.data.task == "auto" and self.task else cfg
+
+    @property
+    def task(self) -> str | None:
+        """The task the run trained on: config.yaml's data.task (resolved when training started), else metrics.json's
+        (runs saved before the task was)."""
+        task = ((self.saved_config() or {}).get("data") or {}).get("task")
+        return task if task not in (None, "auto") else (self.metrics() or {}).get("task")
 
     @property
     def base_model(self) -> str | None:

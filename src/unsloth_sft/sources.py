@@ -33,7 +33,7 @@ def _sample_dir(name: str) -> Path:
     return Path(str(resources.files("unsloth_sft") / "samples" / name))
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -46,7 +46,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Split]:
-    text = _read_text(path)
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: the file is empty; point data.source at a file with examples")
     if path.suffix == ".jsonl":
@@ -81,14 +81,14 @@ def _read_table(path: Path) -> dict[str, Split]:
     import datasets
 
     if path.suffix == ".csv":
-        _read_text(path)  # UTF-8 check with a line number before pandas' less helpful one
+        read_text(path)  # UTF-8 check with a line number before pandas' less helpful one
         if not path.read_bytes().strip():
             raise DataError(f"{path}: the file is empty; point data.source at a file with examples")
     try:
         if path.suffix == ".csv":  # as written: every column text ("007" stays), "NA"/"None" are not missing
             import csv
 
-            header = next(csv.reader(_read_text(path).splitlines()[:1]), [])
+            header = next(csv.reader(read_text(path).splitlines()[:1]), [])
             features = datasets.Features({name: datasets.Value("string") for name in header})
             ds = datasets.Dataset.from_csv(str(path), features=features, keep_default_na=False, na_filter=False)
         else:
@@ -112,7 +112,7 @@ def _read_path(path: Path) -> dict[str, Split]:
             )
         return splits
     if path.suffix == ".txt":
-        text = _read_text(path)
+        text = read_text(path)
         if not text.strip():
             raise DataError(f"{path}: the file is empty; point data.source at a file with text")
         return {"train": Split([{"text": text}], [str(path)])}

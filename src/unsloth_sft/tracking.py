@@ -27,7 +27,7 @@ def trackers(cfg: RunConfig) -> list[str]:
     return names
 
 
-def _track_env(cfg: RunConfig, names: list[str]) -> None:
+def tracker_env(cfg: RunConfig, names: list[str]) -> None:
     """Trackers write into the run folder: TensorBoard to RUN_DIR/logs, wandb to RUN_DIR/wandb.
 
     transformers 5 dropped TrainingArguments.logging_dir; its TensorBoardCallback reads TENSORBOARD_LOGGING_DIR
@@ -40,7 +40,7 @@ def _track_env(cfg: RunConfig, names: list[str]) -> None:
         os.environ.setdefault("WANDB_PROJECT", "unsloth-sft")
 
 
-def _config_callback(cfg: RunConfig, names: list[str], callbacks: list):
+def config_callback(cfg: RunConfig, names: list[str], callbacks: list):
     """Sends the run name and the resolved config to the trackers, once they have started (rank 0 only)."""
     import yaml
     from transformers import TrainerCallback

@@ -17,7 +17,7 @@ from unsloth_sft.config import RunConfig, best_metric_name, eval_strategy, load_
 from unsloth_sft.distributed import gather, is_main_process, world_size
 from unsloth_sft.errors import RunError
 from unsloth_sft.runs import CHECKPOINTS
-from unsloth_sft.tracking import _config_callback, _track_env, trackers
+from unsloth_sft.tracking import config_callback, tracker_env, trackers
 
 
 def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
@@ -162,7 +162,7 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
     stopper = early_stopping_callback(cfg)
     callbacks = [*callbacks, *([stopper] if stopper else [])]
     names = trackers(cfg)
-    _track_env(cfg, names)
+    tracker_env(cfg, names)
     trainer = sft_trainer_class()(
         model=model,
         args=args,
@@ -172,7 +172,7 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
         callbacks=callbacks,
     )
     if names:
-        trainer.add_callback(_config_callback(cfg, names, trainer.callback_handler.callbacks))
+        trainer.add_callback(config_callback(cfg, names, trainer.callback_handler.callbacks))
     return trainer
 
 
