@@ -14,21 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from unsloth_sft import metrics
-
-if TYPE_CHECKING:
-    from unsloth_sft.config import DataConfig
 
 Shape = Literal["turn", "messages", "blocks"]
 Fields = dict[str, str]  # a row's text per field, e.g. {"dialogue": "...", "summary": "..."}
 Metric = Callable[[list[str], list[str]], dict[str, float]]  # (predictions, references) -> scores
+DataSection = Any  # config.DataConfig (data.instruction, ...); config imports this module, not the other way round
 
 DEFAULT_INSTRUCTION = "निम्नलिखित बातचीत का एक वाक्य में सारांश लिखें। (Summarize the following conversation in one sentence.)"
 
 
-def first_field(task: Task) -> Callable[[Fields, DataConfig], str]:
+def first_field(task: Task) -> Callable[[Fields, DataSection], str]:
     """The default prompt of a one-turn task: the text of its first field, as it is."""
     return lambda values, cfg: values[task.fields[0]]
 
@@ -47,7 +45,7 @@ class Task:
     detect: int | None = None
     looks_like: Callable[[list[dict], dict[str, str]], bool] | None = None
     shape: Shape = "turn"  # turn: one user message from `prompt`, then the answer; messages: a conversation; blocks
-    prompt: Callable[[Fields, DataConfig], str] | None = None  # the user message of a turn; None: the first field
+    prompt: Callable[[Fields, DataSection], str] | None = None  # the user message of a turn; None: the first field
     template: str = "chat"  # data.template auto: chat (the tokenizer's chat template), qa, alpaca, plain
     fallback: str = "alpaca"  # the template when `template` is chat and the tokenizer has no chat template
     loss: str = "the answer + EOS"  # what the loss covers (the spans prompts.render marks)
@@ -134,11 +132,11 @@ def looks_like_gsm8k(rows: list[dict], columns: dict[str, str]) -> bool:
     return bool(sample) and all("####" in a for a in sample)
 
 
-def summarization_prompt(values: Fields, cfg: DataConfig) -> str:
+def summarization_prompt(values: Fields, cfg: DataSection) -> str:
     return f"{cfg.instruction or DEFAULT_INSTRUCTION}\n\n{values['dialogue']}"
 
 
-def instruction_prompt(values: Fields, cfg: DataConfig) -> str:
+def instruction_prompt(values: Fields, cfg: DataSection) -> str:
     extra = values.get("input", "")
     return values["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
 
