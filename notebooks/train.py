@@ -67,7 +67,9 @@ _DEFINED = set(dir())
 
 # %% [markdown]
 # ### Config
-# One typed config; unknown keys, wrong types and impossible combinations stop here, before any model loads.
+# One typed config; unknown keys, wrong types and impossible combinations stop here, and so do a finished run
+# folder and bad data (read and shaped, without a tokenizer): before any model loads. `data.task: auto` is
+# resolved from the columns; the run saves the resolved config.
 
 # %%
 _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
@@ -78,23 +80,36 @@ from IPython.display import Image, Markdown, display
 from unsloth_sft import evaluate, pipeline, preview, report
 from unsloth_sft.notebooks import notebook_config, side_by_side
 
-cfg = notebook_config(_given, _DEFINED)
+run = pipeline.begin(notebook_config(_given, _DEFINED))
+cfg = run.cfg
 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
 
 # %% [markdown]
-# ### Unsloth: load the model and the data
-# `backend: auto` uses unsloth's `FastLanguageModel` where it imports (a GPU, or its CPU backend), else
-# transformers + bitsandbytes + peft. The run folder gets the resolved config before anything else.
+# ### Unsloth: load the model
+# `backend: auto` uses unsloth's `FastLanguageModel.from_pretrained` where it imports (a GPU, or its CPU
+# backend), else transformers + bitsandbytes. `model.load_in_4bit` loads NF4 weights (QLoRA);
+# `model.max_seq_length` bounds every example.
 
 # %%
-run = pipeline.start(cfg)
+print(pipeline.load_base(run))
+
+# %% [markdown]
+# ### LoRA adapters
+# `FastLanguageModel.get_peft_model` (or peft's): rank `lora.r` on `lora.target_modules`, with unsloth's gradient
+# checkpointing; only the adapters train (none with `finetune: full`, which trains every weight).
+
+# %%
+print(pipeline.add_lora(run))
+print(pipeline.parameter_groups(run))
 
 # %% [markdown]
 # ### Data prep: what the model is trained on
-# One training example as the model sees it. The text inside `[[ ]]` is the only part the loss covers
-# (the summary and its end-of-turn token); the prompt tokens are labelled -100.
+# The examples tokenized with the model's tokenizer, in the task's template. One training example as the model
+# sees it: the text inside `[[ ]]` is the only part the loss covers (the summary and its end-of-turn token);
+# the prompt tokens are labelled -100. The run folder gets the resolved config here, before training.
 
 # %%
+print(pipeline.load_data(run))
 example = run.data.train[0]
 print(preview.mark_trained(run.loaded.tokenizer, example["input_ids"], example["labels"]))
 
@@ -103,10 +118,7 @@ print(preview.mark_trained(run.loaded.tokenizer, example["input_ids"], example["
 # Greedy generation with the recipe's settings, so the outputs after training compare one to one.
 
 # %%
-examples = run.data.test_conversations[:3] or run.data.train_conversations[:3]
-prompts = evaluate.prompts_for(run.loaded.tokenizer, examples, run.data.template) if run.data.template != "none" else []
-references = [(p, c[-1]["content"]) for p, c in zip(prompts, examples)]
-before = evaluate.generate(run.loaded.model, run.loaded.tokenizer, prompts, cfg.eval, run.loaded.backend)
+before = pipeline.quick_generation(run)
 
 # %% [markdown]
 # ### Train
@@ -117,13 +129,6 @@ metrics = pipeline.fit(run)
 print({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss", "memory")})
 
 # %% [markdown]
-# ### After training: the same three dialogues
-
-# %%
-after = evaluate.generate(run.loaded.model, run.loaded.tokenizer, prompts, cfg.eval, run.loaded.backend)
-display(Markdown(side_by_side(references, before, after)))
-
-# %% [markdown]
 # ### Saving
 # The LoRA adapter, merged 16-bit weights (the base reloaded un-quantised, then merged), model cards, the
 # loss curve, and `metrics.json` last. With `export.push_to_hub` set, the result goes to the Hub
@@ -132,6 +137,13 @@ display(Markdown(side_by_side(references, before, after)))
 # %%
 metrics = pipeline.finish(run)
 display(Image(filename=str(run.folder.loss_plot)))
+
+# %% [markdown]
+# ### Inference: the same three dialogues after training
+
+# %%
+after = pipeline.quick_generation(run)
+display(Markdown(side_by_side(before, after)))
 
 # %% [markdown]
 # ### Evaluate: base vs tuned

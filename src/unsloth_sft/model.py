@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -215,14 +216,15 @@ def _hub_error(name: str, err: Exception) -> ModelError:
     )
 
 
-def load_model(cfg: RunConfig) -> LoadedModel:
-    """Load the base model and tokenizer for `cfg`, and attach LoRA adapters unless fine-tuning fully."""
+def load_base(cfg: RunConfig) -> LoadedModel:
+    """The base model and tokenizer for `cfg` (unsloth's FastLanguageModel.from_pretrained, or transformers), with
+    model.chat_template set, and train.freeze applied when fine-tuning fully. No adapters yet: `add_lora`."""
     backend = choose_backend(cfg.model.backend)
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     from transformers import set_seed
 
-    set_seed(cfg.train.seed)  # LoRA matrices are drawn here, before the Trainer seeds: same seed, same init
+    set_seed(cfg.train.seed)  # LoRA matrices are drawn after this (add_lora), before the Trainer seeds: same init
     path = resolve_model_path(cfg.model.name)
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
     model, tokenizer = loader(cfg, path)
@@ -231,16 +233,30 @@ def load_model(cfg: RunConfig) -> LoadedModel:
         freeze(model, cfg.train)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, backend, path, *count_params(model))
+
+
+def add_lora(cfg: RunConfig, loaded: LoadedModel) -> LoadedModel:
+    """LoRA adapters on the base (unsloth's get_peft_model, or peft's); the base as it is for finetune: full."""
+    if cfg.finetune == "full":
+        return loaded
+    adapt = _lora_unsloth if loaded.backend == "unsloth" else _lora_transformers
+    model = adapt(cfg, loaded.model)
     trainable, total = count_params(model)
-    return LoadedModel(model, tokenizer, backend, path, trainable, total)
+    return dataclasses.replace(loaded, model=model, trainable_params=trainable, total_params=total)
+
+
+def load_model(cfg: RunConfig) -> LoadedModel:
+    """The base model with LoRA adapters attached (unless fine-tuning fully): load_base, then add_lora."""
+    return add_lora(cfg, load_base(cfg))
 
 
 def _load_unsloth(cfg: RunConfig, path: str):
     from unsloth import FastLanguageModel
 
-    m, lora = cfg.model, cfg.lora
+    m = cfg.model
     try:
-        model, tokenizer = FastLanguageModel.from_pretrained(
+        return FastLanguageModel.from_pretrained(
             model_name=path,
             max_seq_length=m.max_seq_length,
             dtype=None if m.dtype == "auto" else torch_dtype(m.dtype),
@@ -251,28 +267,32 @@ def _load_unsloth(cfg: RunConfig, path: str):
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise _hub_error(m.name, err) from None
-    if cfg.finetune != "full":
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=lora.r,
-            target_modules=lora_targets(model, lora),
-            layers_to_transform=lora_layers(model, lora),
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            bias=lora.bias,
-            use_gradient_checkpointing=lora.use_gradient_checkpointing,
-            random_state=cfg.train.seed,
-            use_rslora=lora.use_rslora,
-            use_dora=lora.use_dora,  # unsloth 2026.10.9 passes it on to peft's LoraConfig (its kernels skip DoRA)
-        )
-    return model, tokenizer
+
+
+def _lora_unsloth(cfg: RunConfig, model):
+    from unsloth import FastLanguageModel
+
+    lora = cfg.lora
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=lora.r,
+        target_modules=lora_targets(model, lora),
+        layers_to_transform=lora_layers(model, lora),
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        use_gradient_checkpointing=lora.use_gradient_checkpointing,
+        random_state=cfg.train.seed,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,  # unsloth 2026.10.9 passes it on to peft's LoraConfig (its kernels skip DoRA)
+    )
 
 
 def _load_transformers(cfg: RunConfig, path: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    m, lora = cfg.model, cfg.lora
+    m = cfg.model
     dtype = torch_dtype(m.dtype)
     quant = None
     if m.load_in_4bit:
@@ -293,13 +313,16 @@ def _load_transformers(cfg: RunConfig, path: str):
         )
     except (OSError, ValueError) as err:
         raise _hub_error(m.name, err) from None
-    if cfg.finetune == "full":
-        return model, tokenizer
+    return model, tokenizer
+
+
+def _lora_transformers(cfg: RunConfig, model):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    lora = cfg.lora
     targets, layers = lora_targets(model, lora), lora_layers(model, lora)
     checkpointing = bool(lora.use_gradient_checkpointing)
-    if m.load_in_4bit:
+    if cfg.model.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -315,7 +338,7 @@ def _load_transformers(cfg: RunConfig, path: str):
         use_dora=lora.use_dora,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config), tokenizer
+    return get_peft_model(model, peft_config)
 
 
 def load_for_inference(model_path: str, adapter: str | None = None):

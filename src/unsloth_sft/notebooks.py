@@ -68,12 +68,12 @@ def notebook_run(namespace: dict[str, Any], defined: set[str], run_dir: str | No
     return run, run_config(run, given if recipe else None, notebook_overrides(namespace), where="notebook parameters")
 
 
-def side_by_side(prompts_refs: list[tuple[str, str]], before: list[str], after: list[str]) -> str:
-    """Markdown: reference, base output and tuned output for a few examples."""
+def side_by_side(before: list[dict], after: list[dict]) -> str:
+    """Markdown: reference, output before and output after training for a few examples (pipeline.quick_generation)."""
     rows = ["| # | reference | before training | after training |", "|---|---|---|---|"]
     clean = lambda s: s.replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
-    for i, ((_, ref), b, a) in enumerate(zip(prompts_refs, before, after), 1):
-        rows.append(f"| {i} | {clean(ref)} | {clean(b)} | {clean(a)} |")
+    for i, (b, a) in enumerate(zip(before, after), 1):
+        rows.append(f"| {i} | {clean(b['reference'])} | {clean(b['output'])} | {clean(a['output'])} |")
     return "\n".join(rows)
 
 

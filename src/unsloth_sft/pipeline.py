@@ -1,4 +1,8 @@
-"""The training job as a few steps the CLI and the notebooks share: start, train, finish."""
+"""The training job as the stages the CLI and the training notebook share.
+
+begin (checks, no model) -> load_base -> add_lora -> load_data (and the run folder) -> fit -> finish (save).
+`start` is the first four; `run_training` is all of them. The notebook calls each stage in its own cell.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft import tasks
+from unsloth_sft import model, tasks
 from unsloth_sft.chat_templates import template_text
 from unsloth_sft.config import RunConfig, eval_strategy, save_config
-from unsloth_sft.data import PreparedData, check_trainable, has_test, load_examples, prepare
+from unsloth_sft.data import Examples, PreparedData, check_trainable, has_test, load_examples, prepare
 from unsloth_sft.distributed import (
     check_launch,
     from_main,
@@ -31,7 +35,7 @@ from unsloth_sft.export import (
     write_card,
 )
 from unsloth_sft.gguf_models import model_source
-from unsloth_sft.model import LoadedModel, format_groups, load_model, params_by_group, resolve_model_path
+from unsloth_sft.model import LoadedModel, format_groups, params_by_group, resolve_model_path
 from unsloth_sft.quiet import import_backend, no_progress_bars
 from unsloth_sft.runs import RunDir, write_json
 from unsloth_sft.tracking import trackers
@@ -40,11 +44,12 @@ from unsloth_sft.train import build_trainer, environment, loss_history, plot_los
 
 @dataclass
 class Run:
-    cfg: RunConfig
+    cfg: RunConfig  # data.task resolved (begin)
     folder: RunDir
-    resume_from: Path | None
+    examples: Examples | None = None  # the data read and shaped, not yet tokenized
     loaded: LoadedModel | None = None
     data: PreparedData | None = None
+    resume_from: Path | None = None
     trainer: Any = None
     metrics: dict | None = None
     set_aside: Path | None = None  # an overwritten run, kept until this one has finished
@@ -54,16 +59,13 @@ class Run:
         return self.folder.path
 
 
-def start(cfg: RunConfig) -> Run:
-    """Check the run folder (refusing a finished run or a mismatched resume), load data and model, save the config.
-
-    With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
+def begin(cfg: RunConfig) -> Run:
+    """Stage 1, before any model loads: the launch, the run folder (finished? resumable with this config?
+    writable?), the data (read and shaped without a tokenizer), the chat template and the trackers are checked;
+    data.task is resolved. Nothing is written: every input error stops here, in seconds, not after a model load.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
     folder = RunDir(cfg.run_dir)
-    # Everything that can be wrong with the input fails here, before a byte is written: the run folder
-    # (finished? resumable with this config? writable?), the data (read and shaped without a tokenizer, so
-    # before a slow model load), then the model and the tokenized data.
     if is_main_process():
         folder.check(cfg)
     examples = load_examples(cfg)
@@ -73,19 +75,54 @@ def start(cfg: RunConfig) -> Run:
     if cfg.model.chat_template:
         template_text(cfg.model.chat_template, backend)  # a bad name or file fails before the model loads
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
+    return Run(cfg, folder, examples)
+
+
+def load_base(run: Run) -> str:
+    """Stage 2: the base model and tokenizer (unsloth's FastLanguageModel, or transformers + bitsandbytes).
+
+    With several processes the tiny model is built (or a GGUF converted) once, by rank 0. Returns one line.
+    """
     init_distributed()
-    with main_first():  # the tiny model is built once, by rank 0; the others then read it
-        resolve_model_path(cfg.model.name)
-    with no_progress_bars():  # a bad target_modules or max_seq_length stays the only line on stderr
-        loaded = load_model(cfg)
-        data = prepare(cfg, loaded.tokenizer, examples)
-    check_trainable(data, cfg)
-    if eval_strategy(cfg.train) != "no" and (data.test is None or len(data.test) == 0):
+    with main_first():
+        resolve_model_path(run.cfg.model.name)
+    with no_progress_bars():  # a bad max_seq_length stays the only line on stderr
+        run.loaded = model.load_base(run.cfg)
+    lm = run.loaded
+    return f"{lm.backend} backend | {lm.path} | {lm.total_params:,} parameters"
+
+
+def add_lora(run: Run) -> str:
+    """Stage 3: LoRA adapters on the target modules (none for finetune: full). Returns one line."""
+    with no_progress_bars():  # a bad target_modules stays the only line on stderr
+        run.loaded = model.add_lora(run.cfg, run.loaded)
+    lm = run.loaded
+    return (
+        f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
+        f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)"
+    )
+
+
+def parameter_groups(run: Run) -> str:
+    """Trainable / total parameters per group (embeddings, attention, mlp, lora, ...), a few lines."""
+    return format_groups(params_by_group(run.loaded.model))
+
+
+def load_data(run: Run) -> str:
+    """Stage 4: the examples tokenized with the model's tokenizer (prompt tokens -100) and checked; then the run
+    folder is opened (resume point, an overwritten run set aside) and gets config.yaml and environment.json.
+    Returns one line on what training will see."""
+    cfg = run.cfg
+    with no_progress_bars():
+        run.data = prepare(cfg, run.loaded.tokenizer, run.examples)
+    check_trainable(run.data, cfg)
+    if eval_strategy(cfg.train) != "no" and (run.data.test is None or len(run.data.test) == 0):
         raise DataError(no_test_split(cfg))
     resume_from = aside = None
     if is_main_process():
+        folder = run.folder
         resume_from, aside = folder.prepare(cfg)
-        source = model_source(loaded.path)  # a GGUF-converted base: which file, by hash, under which licence
+        source = model_source(run.loaded.path)  # a GGUF-converted base: which file, by hash, under which licence
         header = (
             f"model.name {cfg.model.name}: GGUF sha256 {source['sha256']}, licence {source['license']}"
             if source
@@ -94,17 +131,36 @@ def start(cfg: RunConfig) -> Run:
         save_config(cfg, folder / ".config.yaml.tmp", header)
         (folder / ".config.yaml.tmp").replace(folder.config_file)
         write_json(folder.environment_file, {**environment(), "model_source": source})
-    resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
-    run = Run(cfg, folder, resume_from, loaded, data, set_aside=aside)
+    run.resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
+    run.set_aside = aside
+    return f"data: {data_line(run.data, cfg)}"
+
+
+def start(cfg: RunConfig) -> Run:
+    """Stages 1-4: checks, base model, LoRA, data and the run folder, ready to `fit`.
+
+    With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
+    """
+    run = begin(cfg)
+    load_base(run)
+    lines = [add_lora(run), load_data(run), parameter_groups(run)]
     if is_main_process():
-        lm = run.loaded
-        print(
-            f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
-            f"({100 * lm.trainable_params / max(lm.total_params, 1):.2f} %)"
-        )
-        print(f"data: {data_line(run.data, cfg)}")
-        print(format_groups(params_by_group(lm.model)))
+        print("\n".join(lines))
     return run
+
+
+def quick_generation(run: Run, n: int = 3) -> list[dict]:
+    """The model's greedy answers, as it is now, to the first n test examples (training ones without a test
+    split), with the recipe's eval settings: [{"prompt", "reference", "output"}]; none for raw text."""
+    from unsloth_sft.evaluate import generate, prompts_for
+
+    d, lm = run.data, run.loaded
+    if tasks.get(d.task).metrics is None:  # raw text: nothing to answer
+        return []
+    examples = d.test_conversations[:n] or d.train_conversations[:n]
+    prompts = prompts_for(lm.tokenizer, examples, d.template)
+    outputs = generate(lm.model, lm.tokenizer, prompts, run.cfg.eval, lm.backend)
+    return [{"prompt": p, "reference": c[-1]["content"], "output": o} for p, c, o in zip(prompts, examples, outputs)]
 
 
 def no_test_split(cfg: RunConfig) -> str:
@@ -243,4 +299,18 @@ def run_training(cfg: RunConfig) -> dict:
     return finish(run)
 
 
-__all__ = ["Run", "data_line", "finish", "fit", "release", "run_training", "start"]
+__all__ = [
+    "Run",
+    "add_lora",
+    "begin",
+    "data_line",
+    "finish",
+    "fit",
+    "load_base",
+    "load_data",
+    "parameter_groups",
+    "quick_generation",
+    "release",
+    "run_training",
+    "start",
+]
