@@ -121,12 +121,12 @@ def test_pass_throughs_reach_sft_config(tmp_path):
 
 
 def test_eval_needs_a_test_split_before_the_model_loads(tmp_path, monkeypatch):
-    from unsloth_sft import pipeline
+    from unsloth_sft import model, pipeline
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"say {i}", "output": f"{i}"}) + "\n" for i in range(12)))
     cfg = small_config(tmp_path, f"data.source={data}", "data.test_size=0", "train.eval_steps=2")
-    monkeypatch.setattr(pipeline, "load_model", lambda cfg: pytest.fail("the model loaded before the data check"))
+    monkeypatch.setattr(model, "load_base", lambda cfg: pytest.fail("the model loaded before the data check"))
     with pytest.raises(DataError, match="evaluation during training .* needs a test split"):
         pipeline.start(cfg)
 
@@ -348,10 +348,10 @@ def test_unsloth_catalogue_template_needs_the_models_tokens(tmp_path):
 
 
 def test_bad_chat_template_fails_before_the_model_loads(tmp_path, monkeypatch):
-    from unsloth_sft import pipeline
+    from unsloth_sft import model, pipeline
 
     cfg = small_config(tmp_path, "model.backend=transformers", "model.chat_template=no_such_template")
-    monkeypatch.setattr(pipeline, "load_model", lambda cfg: pytest.fail("the model loaded first"))
+    monkeypatch.setattr(model, "load_base", lambda cfg: pytest.fail("the model loaded first"))
     with pytest.raises(ConfigError, match="model.chat_template 'no_such_template': not a .jinja file or a known"):
         pipeline.start(cfg)
 
