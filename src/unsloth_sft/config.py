@@ -466,7 +466,7 @@ def validate(cfg: RunConfig, where: str = "params") -> None:
 # ---------------------------------------------------------------- building from plain mappings
 
 
-def _closest(key: str, valid: list[str]) -> str:
+def did_you_mean(key: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
@@ -512,7 +512,7 @@ def _dotted(loc: tuple, raw: dict, where: str) -> str:
     return path
 
 
-def _one_line(err: ValidationError, cls: type, raw: dict, where: str) -> ConfigError:
+def one_line_error(err: ValidationError, cls: type, raw: dict, where: str) -> ConfigError:
     """The first pydantic error as one line: the dotted key, the bound or every type it accepts, the value it got."""
     errors = err.errors()
     first = errors[0]
@@ -541,7 +541,7 @@ def _build(cls: type, raw: Any, where: str = "") -> Any:
         dotted = f"{where}.{key}" if where else str(key)
         check_secret(str(key), dotted)
         if key not in names:
-            raise ConfigError(f"unknown key '{dotted}'{_closest(str(key), names)}")
+            raise ConfigError(f"unknown key '{dotted}'{did_you_mean(str(key), names)}")
         if cls is not RunConfig or key not in SECTIONS:
             kwargs[key] = value
         elif key == "lora" and value is None:  # `lora: null` means full fine-tuning
@@ -551,7 +551,7 @@ def _build(cls: type, raw: Any, where: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ValidationError as err:
-        raise _one_line(err, cls, kwargs, where) from None
+        raise one_line_error(err, cls, kwargs, where) from None
 
 
 def _parse_scalar(text: str) -> Any:

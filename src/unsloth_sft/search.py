@@ -16,8 +16,8 @@ from unsloth_sft.sweep import (
     STUDY,
     Outcome,
     Sweep,
-    _report,
     as_range,
+    report_trial,
     run_name,
     run_variant,
     save_variant,
@@ -111,7 +111,7 @@ def run_search(sweep: Sweep, threads: int | None) -> list[Outcome]:
         except ConfigError as err:  # a value inside the ranges that a rule between fields refuses
             outcome = Outcome(name, "failed", str(err))
             outcomes.append(outcome)
-            _report(outcome, next(counter), sweep.spec.trials, lock)
+            report_trial(outcome, next(counter), sweep.spec.trials, lock)
             raise VariantFailed(str(err)) from None
         save_variant(sweep, cfg)
         outcome = run_variant(sweep, cfg, threads)
@@ -122,7 +122,7 @@ def run_search(sweep: Sweep, threads: int | None) -> list[Outcome]:
                 f"no '{sweep.spec.metric}' in its metrics; choose another --metric",
             )
         outcomes.append(outcome)
-        _report(outcome, next(counter), sweep.spec.trials, lock)
+        report_trial(outcome, next(counter), sweep.spec.trials, lock)
         if value is None:
             raise VariantFailed(outcome.error or "failed")
         return value

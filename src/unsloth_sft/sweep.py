@@ -164,12 +164,12 @@ def check_sweep(spec: SweepConfig) -> None:
 
 
 def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
-    from unsloth_sft.config import _closest, _one_line
+    from unsloth_sft.config import did_you_mean, one_line_error
 
     names = [f.name for f in dataclasses.fields(SweepConfig)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key 'sweep.{key}'{_closest(str(key), names)}")
+            raise ConfigError(f"{where}: unknown key 'sweep.{key}'{did_you_mean(str(key), names)}")
     grid = raw.get("grid") or {}
     if isinstance(grid, dict):  # a single value in YAML is a list of one; a range stays text
         grid = {
@@ -178,7 +178,7 @@ def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
     try:
         spec = SweepConfig(**{**raw, "grid": grid})
     except ValidationError as err:
-        raise ConfigError(f"{where}: {_one_line(err, SweepConfig, raw, 'sweep')}") from None
+        raise ConfigError(f"{where}: {one_line_error(err, SweepConfig, raw, 'sweep')}") from None
     try:
         check_sweep(spec)
     except ConfigError as err:
@@ -368,7 +368,7 @@ def save_variant(sweep: Sweep, cfg: RunConfig) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def _report(outcome: Outcome, index: int, total: int | None, print_lock: threading.Lock) -> None:
+def report_trial(outcome: Outcome, index: int, total: int | None, print_lock: threading.Lock) -> None:
     where = f"[{index}/{total}]" if total else f"[{index}]"
     what = {
         "skipped": "finished before: skipped",
@@ -403,7 +403,7 @@ def run_sweep(sweep: Sweep) -> list[Outcome]:
 
         def one(cfg: RunConfig) -> Outcome:
             outcome = run_variant(sweep, cfg, threads)
-            _report(outcome, next(counter), len(planned), lock)
+            report_trial(outcome, next(counter), len(planned), lock)
             return outcome
 
         with ThreadPoolExecutor(max_workers=sweep.spec.parallel) as pool:
