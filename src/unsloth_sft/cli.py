@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method", action="append", default=[], help="lora, merged_16bit, merged_4bit_forced, gguf (repeatable)"
     )
+    s.add_argument(
+        "--quant",
+        metavar="TYPES",
+        help="gguf types, comma-separated (default: the run's export.gguf_quant): f16,q8_0 need nothing more; "
+        "q4_k_m etc. need llama.cpp's llama-quantize",
+    )
     s.add_argument("--push-to-hub", metavar="USER/REPO", help="upload the exported folder (token from HF_TOKEN)")
     s.add_argument("--private", action="store_true", help="create the Hub repo private")
     s.add_argument("--token", help=argparse.SUPPRESS)  # refused below with the reason
@@ -178,7 +184,10 @@ def _dispatch(args) -> int:
                 "lists; set the HF_TOKEN environment variable (or run `huggingface-cli login`)"
             )
 
-        result = export_run(RunDir(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private)
+        quant = [q.strip() for q in args.quant.split(",") if q.strip()] if args.quant else None
+        result = export_run(
+            RunDir(args.run_dir), args.method or ["merged_16bit"], args.push_to_hub, args.private, quant=quant
+        )
         print(json.dumps(result))
         return 0
     if args.command == "chat":

@@ -26,6 +26,10 @@ from unsloth_sft.errors import ConfigError
 
 Template = Literal["auto", "chat", "qa", "alpaca", "plain"]
 SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf"]
+# GGUF types: the first four straight from llama.cpp's converter; the k-quants and legacy ones need llama-quantize.
+GgufQuant = Literal[
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"
+]
 Backend = Literal["auto", "unsloth", "transformers"]
 Finetune = Literal["lora", "qlora", "full"]
 # transformers' SchedulerType values (5.17); tests/test_controls.py checks this list against the installed enum
@@ -99,6 +103,7 @@ NonNegativeNumber = Annotated[Number, Field(ge=0)]
 Layers = str | list[int] | None  # a layer range "0-3" / "20-" / "0,2,5", or a list of layer indices
 Names = Annotated[list[str], BeforeValidator(_one_is_a_list)]
 SaveMethods = Annotated[list[SaveMethod], BeforeValidator(_one_is_a_list)]
+GgufQuants = Annotated[list[GgufQuant], BeforeValidator(_one_is_a_list), Field(min_length=1)]
 Columns = Annotated[dict[str, str], BeforeValidator(_text_keys)]
 STRICT = ConfigDict(strict=True)
 
@@ -361,7 +366,13 @@ class EvalConfig:
 @dataclass(config=STRICT)
 class ExportConfig:
     save_methods: SaveMethods = field(default_factory=lambda: ["lora", "merged_16bit"])  # adapter, merged 16-bit
-    quantization_method: str = "q4_k_m"  # gguf only
+    gguf_quant: GgufQuants = field(
+        default_factory=lambda: ["f16", "q8_0"]
+    )  # gguf only; q4_k_m etc. need llama-quantize
+    # merged vs adapter, top-1 next-token agreement on the eval prompts below which the export fails (bf16 rounding
+    # of a real model's merged weights flips a few near-ties; a merge that lost or mis-scaled the adapter flips many)
+    check_min_agreement: Annotated[Number, Field(ge=0, le=1)] = 0.95
+    check_prompts: Count = 4  # eval prompts the export check runs (each: a teacher-forced pass and a greedy decode)
     push_to_hub: str | None = None  # "user/repo"; token from HF_TOKEN or the login cache only
     private: bool = True  # a pushed repo is private unless set false
     max_shard_size: str = "5GB"  # safetensors shards above this size, with an index file

@@ -53,29 +53,28 @@ def save_full(model, tokenizer, out_dir: Path, max_shard_size: str = "5GB") -> P
     return Path(out_dir)
 
 
+FORCED_4BIT_WHY = (
+    "export method merged_4bit_forced needs the unsloth backend on a CUDA GPU: unsloth writes bitsandbytes 4-bit "
+    "weights only from the live training model there"
+)
+
+
 def unsloth_only(method: str, backend: str) -> None:
-    """merged_4bit_forced and gguf go through unsloth's own savers on a GPU; say so clearly anywhere else."""
+    """merged_4bit_forced goes through unsloth's own saver on a GPU; say exactly why not anywhere else."""
     import torch
 
     if backend != "unsloth" or not torch.cuda.is_available():
-        alt = (
-            "use merged_16bit (then llama.cpp's convert_hf_to_gguf.py for GGUF)"
-            if method == "gguf"
-            else "use merged_16bit"
-        )
         raise RunError(
-            f"export method {method} needs the unsloth backend on a CUDA GPU (here: {backend}, "
-            f"{'GPU' if torch.cuda.is_available() else 'no GPU'}); {alt}"
+            f"{FORCED_4BIT_WHY} (here: {backend} backend, {'GPU' if torch.cuda.is_available() else 'no GPU'}); "
+            "use merged_16bit, or gguf with export.gguf_quant: [q4_k_m] for a 4-bit file"
         )
 
 
-def export_unsloth(model, tokenizer, method: str, out_dir: Path, quantization_method: str) -> Path:
-    """unsloth's save_pretrained_merged (4-bit forced) or save_pretrained_gguf (needs llama.cpp)."""
+def export_unsloth(model, tokenizer, method: str, out_dir: Path) -> Path:
+    """unsloth's save_pretrained_merged with merged_4bit_forced, never allowed to install system packages."""
+    os.environ["UNSLOTH_AUTO_INSTALL"] = "0"  # without it, a missing tool is fetched by git clone / apt-get install
     with atomic_dir(out_dir) as tmp:
-        if method == "merged_4bit_forced":
-            model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_4bit_forced")
-        else:
-            model.save_pretrained_gguf(str(tmp), tokenizer, quantization_method=quantization_method)
+        model.save_pretrained_merged(str(tmp), tokenizer, save_method=method)
     return Path(out_dir)
 
 
@@ -204,15 +203,24 @@ def push_folder(folder: Path, repo_id: str, private: bool = True, endpoint: str 
     return str(getattr(info, "commit_url", info))
 
 
-def export_run(run: RunDir | Path, methods: list[str], push_to_hub: str | None = None, private: bool = False) -> dict:
-    """Export a finished run folder: lora (already there), merged_16bit (merged now), optional Hub push."""
+def export_run(
+    run: RunDir | Path,
+    methods: list[str],
+    push_to_hub: str | None = None,
+    private: bool = False,
+    quant: list[str] | None = None,
+) -> dict:
+    """Export a finished run folder: lora (already there), merged_16bit (merged now), gguf (llama.cpp's converter
+    on merged/, `quant` overriding export.gguf_quant), each checked into export_check.json; optional Hub push."""
     from unsloth_sft.model import resolve_model_path
 
     run = RunDir.of(run)
-    cfg = run.config()
+    cfg = run.config([f"export.gguf_quant=[{', '.join(quant)}]"] if quant else None)
     metrics = run.metrics()
     eval_metrics = (run.eval_metrics() or {}).get("metrics")
     out: dict[str, str] = {}
+    if "gguf" in methods:  # missing tools stop the export before any work
+        check_gguf_tools(cfg)
     for method in methods:
         if method == "lora":
             if not run.has_adapter:
@@ -226,11 +234,96 @@ def export_run(run: RunDir | Path, methods: list[str], push_to_hub: str | None =
                 raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
             write_card(run.merged, model_card(cfg, metrics, eval_metrics, "merged"), cfg)
             out["merged_16bit"] = str(run.merged)
-        elif method in ("merged_4bit_forced", "gguf"):
-            unsloth_only(method, "transformers")  # a saved run has no live unsloth model: always explains
+        elif method == "gguf":
+            if not run.has_merged:  # llama.cpp converts the merged folder
+                merge_adapter(resolve_model_path(cfg.model.name), run.adapter, run.merged, cfg.export.max_shard_size)
+        elif method == "merged_4bit_forced":
+            raise RunError(
+                f"{FORCED_4BIT_WHY}, and {run} is a saved run; set export.save_methods: [lora, merged_4bit_forced] for "
+                "a training run on a GPU, or use merged_16bit, or gguf with export.gguf_quant: [q4_k_m] for a 4-bit file"
+            )
         else:
             raise ConfigError(f"--method {method}: not one of lora, merged_16bit, merged_4bit_forced, gguf")
+    out.update(verify_exports(run, cfg, methods, metrics, eval_metrics))
     if push_to_hub:
         folder = Path(out.get("merged_16bit") or out.get("lora") or run.adapter)
         out["hub"] = push_folder(folder, push_to_hub, private)
     return out
+
+
+def check_gguf_tools(cfg: RunConfig) -> None:
+    """The converter, and llama-quantize when a quantization needs it: one line each on how to get them."""
+    from unsloth_sft.gguf_export import check_quants, llama_cpp_dir
+
+    check_quants(cfg.export.gguf_quant, llama_cpp_dir())
+
+
+def verify_exports(run: RunDir | Path, cfg: RunConfig, methods: list[str], metrics=None, eval_metrics=None) -> dict:
+    """export_check.json: merged/ against the adapter (the export fails beyond export.check_min_agreement), then
+    each GGUF against merged/ (written to gguf/ with a Modelfile and a card). Returns {method: folder}."""
+    from transformers import AutoTokenizer
+
+    from unsloth_sft import export_check as C
+    from unsloth_sft.atomic import write_json
+    from unsloth_sft.model import resolve_model_path
+
+    run = RunDir.of(run)
+    if not ({"merged_16bit", "gguf"} & set(methods)) or not run.has_merged:
+        return {}
+    tokenizer = AutoTokenizer.from_pretrained(run.merged)
+    prompts, template = C.eval_prompts(cfg, tokenizer, cfg.export.check_prompts)
+    check: dict = {"prompts": len(prompts), "max_new_tokens": C.CHECK_MAX_NEW_TOKENS, "merged_vs_adapter": None}
+    problem = None
+    base_path = resolve_model_path(cfg.model.name)
+    if run.has_adapter:
+        check["merged_vs_adapter"], problem = C.check_merged(
+            base_path, run.adapter, run.merged, tokenizer, prompts, cfg.export.check_min_agreement
+        )
+    else:
+        check["note"] = "full fine-tune: merged/ is the trained model itself, there is no adapter to compare"
+    write_json(run / C.CHECK_FILE, check)
+    C.fail_if(problem)
+    out = {}
+    if "gguf" in methods:
+        from unsloth_sft.gguf_export import export_gguf
+
+        merged_model = C.load_float32(run.merged)
+        check["gguf"], problem = export_gguf(
+            run.merged, run / "gguf", cfg, tokenizer, template, prompts, merged_model, base_path
+        )
+        write_json(run / C.CHECK_FILE, check)
+        C.fail_if(problem)
+        write_card(run / "gguf", gguf_card(cfg, check, sorted(check["gguf"])), cfg)
+        out["gguf"] = str(run / "gguf")
+    card = model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged")
+    write_card(run.merged, card + "\n## Export check\n\n" + C.check_table(check) + "\n", cfg)
+    return out
+
+
+def gguf_card(cfg: RunConfig, check: dict, files: list[str]) -> str:
+    """gguf/README.md: what each file is, how it was checked, and how to run it with llama.cpp, Ollama, transformers."""
+    from unsloth_sft.export_check import check_table
+
+    first = files[0]
+    name = cfg.run_name
+    return (
+        "\n\n".join(
+            [
+                f"# {name} (GGUF)\n\nllama.cpp's `convert_hf_to_gguf.py` on `merged/`; each file has an Ollama Modelfile "
+                "beside it. The chat template, BOS/EOS and end-of-turn ids in each file are training's (checked).",
+                "## Checked against the merged model\n\nOn the run's eval prompts (`export_check.json`), each GGUF loaded "
+                "back with transformers' GGUF loader:\n\n" + check_table(check),
+                "## Run it\n\nllama.cpp (uses the chat template stored in the file):\n\n"
+                f"```bash\nllama-cli -m {first} -cnv\nllama-server -m {first} --port 8080\n```\n\n"
+                "llama-cpp-python:\n\n```python\nfrom llama_cpp import Llama\n\n"
+                f'llm = Llama(model_path="{first}")\n'
+                'print(llm.create_chat_completion(messages=[{"role": "user", "content": "..."}]))\n```\n\n'
+                f"Ollama:\n\n```bash\nollama create {name} -f {Path(first).with_suffix('.Modelfile').name}\n"
+                f"ollama run {name}\n```\n\n"
+                "transformers (de-quantizes to float32):\n\n```python\nfrom transformers import AutoModelForCausalLM\n\n"
+                f'model = AutoModelForCausalLM.from_pretrained(".", gguf_file="{first}")\n```\n\n'
+                "For Gemma-2 models prefer `../merged` with transformers: a GGUF has no field for `query_pre_attn_scalar`.",
+            ]
+        )
+        + "\n"
+    )

@@ -25,6 +25,7 @@ from unsloth_sft.distributed import (
 )
 from unsloth_sft.errors import DataError
 from unsloth_sft.export import (
+    check_gguf_tools,
     export_unsloth,
     merge_adapter,
     model_card,
@@ -32,6 +33,7 @@ from unsloth_sft.export import (
     save_adapter,
     save_full,
     unsloth_only,
+    verify_exports,
     write_card,
 )
 from unsloth_sft.gguf_models import model_source
@@ -65,6 +67,8 @@ def begin(cfg: RunConfig) -> Run:
     data.task is resolved. Nothing is written: every input error stops here, in seconds, not after a model load.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
+    if "gguf" in cfg.export.save_methods:
+        check_gguf_tools(cfg)  # a missing converter or quantizer says so now, not after training
     folder = RunDir(cfg.run_dir)
     if is_main_process():
         folder.check(cfg)
@@ -267,12 +271,15 @@ def finish(run: Run) -> dict:
         path = sharded or save_full(lm.model, lm.tokenizer, folder.merged, cfg.export.max_shard_size)
         write_card(path, model_card(cfg, run.metrics, None, "merged"), cfg)
         exported["merged_16bit"] = str(path)
-    for method in ("merged_4bit_forced", "gguf"):
-        if method in methods:
-            unsloth_only(method, lm.backend)
-            exported[method] = str(
-                export_unsloth(lm.model, lm.tokenizer, method, folder / method, cfg.export.quantization_method)
-            )
+    if "merged_4bit_forced" in methods:  # unsloth's saver, from the live model on a GPU only
+        unsloth_only("merged_4bit_forced", lm.backend)
+        exported["merged_4bit_forced"] = str(
+            export_unsloth(lm.model, lm.tokenizer, "merged_4bit_forced", folder / "merged_4bit_forced")
+        )
+    if "gguf" in methods and not folder.has_merged:  # llama.cpp converts the merged folder
+        merge_adapter(lm.path, folder.adapter, folder.merged, cfg.export.max_shard_size)
+        exported["merged_16bit"] = str(folder.merged)
+    exported.update(verify_exports(folder, cfg, methods, run.metrics))
     if cfg.export.push_to_hub:
         pushed = Path(exported.get("merged_16bit") or exported["lora"])
         exported["hub"] = push_folder(pushed, cfg.export.push_to_hub, cfg.export.private)

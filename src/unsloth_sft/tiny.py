@@ -11,8 +11,10 @@ from pathlib import Path
 
 TINY_NAME = "tiny-gemma2"
 PRETRAIN_STEPS = 300  # a short causal-LM pre-training on the samples, so the base is a language model (not noise)
-VOCAB_SIZE = 3000  # byte-level BPE: enough merges that a Hindi word is ~2-4 tokens, not ~12 bytes
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]  # Gemma's ids 0..3
+VOCAB_SIZE = 3000  # SentencePiece BPE: enough merges that a Hindi word is ~2-4 pieces, not ~12 bytes
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0..3
+TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>", "\n"]  # user-defined pieces, ids 4..6 (atomic, as in Gemma's)
+TOKENIZER_KIND = "spm-bpe-2"  # in the cache key: a tokenizer recipe change rebuilds the model
 # Gemma-2's official template: no system role, "model" for the assistant, content trimmed.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -29,6 +31,7 @@ TINY_SHAPE = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
     head_dim=16,
+    query_pre_attn_scalar=16,  # = head_dim: llama.cpp scales attention by 1/sqrt(head_dim) and ignores this field
     intermediate_size=128,
     max_position_embeddings=4096,
     sliding_window=4096,
@@ -60,7 +63,7 @@ def cache_root() -> Path:
 def tiny_model_path() -> Path:
     """Folder of the tiny model for the current samples, built on first use (once; later calls reuse it)."""
     corpus = sample_corpus()
-    recipe = repr(TINY_SHAPE) + str(VOCAB_SIZE) + str(PRETRAIN_STEPS)
+    recipe = repr(TINY_SHAPE) + str(VOCAB_SIZE) + str(PRETRAIN_STEPS) + TOKENIZER_KIND
     key = hashlib.sha256(("\n".join(corpus) + recipe).encode()).hexdigest()[:12]
     path = cache_root() / f"{TINY_NAME}-{key}"
     if not (path / "config.json").is_file():
@@ -80,61 +83,83 @@ def _build_in_child(path: Path) -> None:
         raise RuntimeError(f"building the tiny model failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def train_sentencepiece(corpus: list[str], folder: Path) -> Path:
+    """A SentencePiece BPE model shaped like Gemma's (ids 0..3 pad/eos/bos/unk, byte fallback, no dummy prefix,
+    turn markers and newline as user-defined pieces), saved as folder/tokenizer.model.
+
+    SentencePiece, not a byte-level BPE, because llama.cpp's Gemma converters read tokenizer.model.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        **{f"{name}_id": i for i, name in enumerate(("pad", "eos", "bos", "unk"))},
+        **{f"{name}_piece": f"<{name}>" for name in ("pad", "eos", "bos", "unk")},
+        user_defined_symbols=TURN_TOKENS,
+        byte_fallback=True,  # any character encodes (as bytes), as in Gemma
+        split_digits=True,
+        add_dummy_prefix=False,  # Gemma's: no space added in front of the text
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        max_sentence_length=1 << 16,
+        num_threads=1,  # same pieces on every machine
+        minloglevel=2,
+    )
+    path = Path(folder) / "tokenizer.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
 def build_tiny_model(path: Path, corpus: list[str] | None = None, seed: int = 0) -> Path:
     """Build the tiny Gemma-2 into `path` (atomically: a half-built folder never looks complete)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GemmaTokenizer, GenerationConfig
 
     corpus = sample_corpus() if corpus is None else corpus
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    bos_id = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-        chat_template=GEMMA_CHAT_TEMPLATE,
-        model_max_length=TINY_SHAPE["max_position_embeddings"],
-        padding_side="left",
-    )
-    end_of_turn = tok.token_to_id("<end_of_turn>")
-    config = Gemma2Config(
-        vocab_size=tok.get_vocab_size(),
-        pad_token_id=tok.token_to_id("<pad>"),
-        bos_token_id=bos_id,
-        eos_token_id=[tok.token_to_id("<eos>"), end_of_turn],
-        tie_word_embeddings=True,
-        attn_implementation="eager",  # Gemma-2's soft-capping is not in SDPA
-        torch_dtype="float32",
-        **TINY_SHAPE,
-    )
-    torch.manual_seed(seed)
-    model = Gemma2ForCausalLM(config)
-    pretrain(model, tokenizer, corpus, seed)
-    model.generation_config = GenerationConfig(
-        bos_token_id=bos_id, eos_token_id=[tok.token_to_id("<eos>"), end_of_turn], pad_token_id=config.pad_token_id
-    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
+        train_sentencepiece(corpus, tmp)
+        tokenizer = GemmaTokenizer.from_pretrained(  # transformers' own SentencePiece -> tokenizers conversion
+            tmp,
+            mask_token=None,  # Gemma-2 has none; the default would add a 3001st token
+            add_bos_token=True,  # explicit, or a reload of the saved tokenizer adds no <bos> (transformers 5.17)
+            additional_special_tokens=TURN_TOKENS[:2],
+            chat_template=GEMMA_CHAT_TEMPLATE,
+            model_max_length=TINY_SHAPE["max_position_embeddings"],
+            padding_side="left",
+        )
+        bos_id, end_of_turn = tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        stops = [tokenizer.eos_token_id, end_of_turn]
+        config = Gemma2Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=bos_id,
+            eos_token_id=stops,
+            tie_word_embeddings=True,
+            attn_implementation="eager",  # Gemma-2's soft-capping is not in SDPA
+            torch_dtype="float32",
+            **TINY_SHAPE,
+        )
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(config)
+        pretrain(model, tokenizer, corpus, seed)
+        model.generation_config = GenerationConfig(
+            bos_token_id=bos_id, eos_token_id=stops, pad_token_id=config.pad_token_id
+        )
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.init_kwargs.pop("vocab_file", None)  # the temporary folder's path; tokenizer.model is beside it
+        tokenizer.save_pretrained(tmp)  # tokenizer.json etc.; tokenizer.model stays beside it
         if path.exists():  # another process built it meanwhile: keep theirs
             shutil.rmtree(tmp)
         else:
