@@ -131,8 +131,9 @@ print({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss
 # %% [markdown]
 # ### Saving
 # The LoRA adapter, merged 16-bit weights (the base reloaded un-quantised, then merged), model cards, the
-# loss curve, and `metrics.json` last. With `export.push_to_hub` set, the result goes to the Hub
-# (token from `HF_TOKEN` only).
+# loss curve, and `metrics.json` last. `export_check.json` proves the merged model equals the adapter (and,
+# with `gguf` in `export.save_methods`, that each llama.cpp GGUF equals the merged model). With
+# `export.push_to_hub` set, the result goes to the Hub (token from `HF_TOKEN` only).
 
 # %%
 metrics = pipeline.finish(run)

@@ -22,4 +22,18 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
         apt-get install -y -qq chromium fonts-lohit-deva >/dev/null; } \
         || echo "setup: could not install Chromium with apt-get (not root?); tests/test_playground.py's browser tests will skip"
 fi
+# llama.cpp's GGUF converter (convert_hf_to_gguf.py + its gguf-py), from the llama-cpp-python source distribution
+# (77 MB download, nothing compiled): unpacked without its test models and docs. Move it with UNSLOTH_SFT_LLAMA_CPP.
+# q4_k_m etc. also need llama-quantize, built from the same tree (~10 min on 2 cores; see README "GGUF export").
+LLAMA_CPP=${UNSLOTH_SFT_LLAMA_CPP:-${UNSLOTH_SFT_CACHE:-$HOME/.cache/unsloth_sft}/tools/llama.cpp}
+if [ ! -f "$LLAMA_CPP/convert_hf_to_gguf.py" ]; then
+  tools=$(mktemp -d)
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    llama-cpp-python==0.3.36 -d "$tools"
+  tar xzf "$tools"/llama_cpp_python-0.3.36.tar.gz -C "$tools" --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/*' \
+    --exclude='*/llama.cpp/models/*' --exclude='*/llama.cpp/docs/*' --exclude='*/llama.cpp/media/*' \
+    --exclude='*/llama.cpp/benches/*'
+  mkdir -p "$(dirname "$LLAMA_CPP")" && rm -rf "$LLAMA_CPP"
+  mv "$tools"/llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA_CPP" && rm -rf "$tools"
+fi
 .venv/bin/python -c "import unsloth_sft, trl, peft, gradio; print('unsloth-sft set up in .venv')"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from unsloth_sft.config import RunConfig
@@ -42,6 +43,11 @@ def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, max_shard_si
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
+        spm = (
+            Path(base_path) / "tokenizer.model"
+        )  # transformers 5 does not save it; llama.cpp's Gemma converters need it
+        if spm.is_file() and not (tmp / spm.name).exists():
+            shutil.copy(spm, tmp / spm.name)
     return Path(out_dir)
 
 
@@ -161,8 +167,6 @@ def base_source(name: str) -> dict | None:
 
 def write_card(folder: Path, text: str, cfg: RunConfig) -> None:
     """The model card, plus the base model's terms file when its licence says it must travel with derivatives."""
-    import shutil
-
     from unsloth_sft.atomic import atomic_write_text
 
     atomic_write_text(Path(folder) / "README.md", text)

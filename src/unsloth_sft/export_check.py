@@ -11,8 +11,10 @@ from typing import Any
 
 from unsloth_sft.config import RunConfig
 from unsloth_sft.errors import ModelError, RunError
+from unsloth_sft.runs import EXPORT_CHECK
 
-CHECK_FILE = "export_check.json"
+CHECK_FILE = EXPORT_CHECK  # RUN/export_check.json
+
 CHECK_MAX_NEW_TOKENS = 32  # greedy tokens per prompt: enough to see a reply drift, cheap on CPU
 
 

@@ -16,6 +16,7 @@ from unsloth_sft.errors import ModelError, RunError
 CONFIG, METRICS, ENVIRONMENT = "config.yaml", "metrics.json", "environment.json"
 ADAPTER, MERGED, EVAL, CHECKPOINTS = "adapter", "merged", "eval", "checkpoints"
 LOSS_HISTORY, LOSS_PLOT = "loss_history.json", "loss.png"
+EXPORT_CHECK = "export_check.json"  # written by every export (unsloth_sft.export_check)
 FINISHED_MARK = METRICS  # written last, atomically: its presence means the run finished
 
 
@@ -225,7 +226,7 @@ class RunDir:
     def clear_outputs(self) -> None:
         """Remove what an unfinished earlier attempt left (models, eval, loss curve): a fresh run writes its own."""
         for child in self.path.iterdir():
-            stale = child.name in (ADAPTER, MERGED, LOSS_HISTORY, LOSS_PLOT, "merged_4bit_forced", "gguf")
+            stale = child.name in (ADAPTER, MERGED, LOSS_HISTORY, LOSS_PLOT, "merged_4bit_forced", "gguf", EXPORT_CHECK)
             if stale or child.name == EVAL or child.name.startswith(f"{EVAL}-"):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
