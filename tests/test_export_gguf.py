@@ -202,3 +202,31 @@ def test_cli_export_gguf_with_quant(run_dir, tmp_path):
         [*CLI, "export", str(copy), "--method", "gguf", "--quant", "q9_9"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and "gguf_quant" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_modelfile_templates_follow_training(tokenizer):
+    """Gemma: turn markers, no <bos>, system folded as prompts._merge_system folds it; a ChatML template's default
+    system text becomes SYSTEM; a qa run gets its Question/Answer prompt; greedy eval becomes temperature 0."""
+    import copy
+
+    from unsloth_sft.config import EvalConfig
+    from unsloth_sft.gguf_export import CHATML_TEMPLATE, modelfile, parse_modelfile
+    from unsloth_sft.prompts import render_prompt
+
+    gemma = parse_modelfile(modelfile("m.gguf", tokenizer, "chat", EvalConfig()))
+    folded = render_prompt(tokenizer, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], "chat")
+    assert folded.endswith("<start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\n")
+    assert "{{ $system }}\n\n{{ end }}{{ $m.Content }}<end_of_turn>\n" in gemma["template"]  # the same fold
+    assert "SYSTEM" not in gemma and gemma["parameters"]["num_predict"] == ["64"]
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nYou are SmolLM<|im_end|>\\n' }}{% endif %}"
+        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    parsed = parse_modelfile(modelfile("m.gguf", chatml, "chat", EvalConfig(do_sample=True, temperature=0.7)))
+    assert parsed["template"] == CHATML_TEMPLATE and parsed["system"] == "You are SmolLM"
+    assert parsed["parameters"]["temperature"] == ["0.7"] and parsed["parameters"]["top_k"] == ["50"]
+    qa = parse_modelfile(modelfile("m.gguf", tokenizer, "qa", EvalConfig()))
+    assert qa["template"] == "Question: {{ .Prompt }}\nAnswer:"

@@ -253,6 +253,15 @@ def ollama_template(tokenizer, template: str) -> str | None:
     return body
 
 
+def default_system(tokenizer) -> str | None:
+    """The system text a ChatML template inserts when a conversation has none (SmolLM2's "You are a helpful...")."""
+    import re
+
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    found = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n", rendered, re.S)
+    return found.group(1) if found else None
+
+
 def modelfile(gguf_name: str, tokenizer, template: str, ecfg) -> str:
     """An Ollama Modelfile: FROM the GGUF, the training template, a stop per end-of-turn token, eval's sampling."""
     from unsloth_sft.prompts import stop_token_ids
@@ -264,6 +273,9 @@ def modelfile(gguf_name: str, tokenizer, template: str, ecfg) -> str:
     body = ollama_template(tokenizer, template)
     if body is not None:
         lines.append(f'TEMPLATE """{body}"""')
+    system = default_system(tokenizer) if body == CHATML_TEMPLATE else None
+    if system:  # Ollama adds it when a request has no system message, as the chat template does
+        lines.append(f'SYSTEM """{system}"""')
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer)]
     stops = [s for s in stops if s in END_OF_TURN or s in ("<start_of_turn>", "<|im_start|>")] or [tokenizer.eos_token]
     lines += [f'PARAMETER stop "{s}"' for s in dict.fromkeys(stops)]
@@ -282,9 +294,10 @@ def parse_modelfile(text: str) -> dict:
         line, _, rest = rest.partition("\n")
         if line.startswith("FROM "):
             out["from"] = line[5:].strip()
-        elif line.startswith('TEMPLATE """'):
-            body = line[len('TEMPLATE """') :] + "\n" + rest
-            out["template"], _, rest = body.partition('"""')
+        elif line.startswith(('TEMPLATE """', 'SYSTEM """')):
+            key, _, first = line.partition(' """')
+            body = first + "\n" + rest
+            out[key.lower()], _, rest = body.partition('"""')
             rest = rest.lstrip("\n")
         elif line.startswith("PARAMETER "):
             key, value = line[10:].split(" ", 1)
