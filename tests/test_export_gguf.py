@@ -68,6 +68,10 @@ def test_export_check_figures_match_a_reload(run_dir):
     card = (run_dir / "gguf" / "README.md").read_text()
     assert "t-q8_0.gguf" in card and "ollama create" in card and "llama-cli" in card and "gguf_file=" in card
     assert "## Export check" in (run_dir / "merged" / "README.md").read_text()
+    from unsloth_sft.report import run_summary
+
+    summary = run_summary(RunDir(run_dir))
+    assert f"gguf (llama.cpp, Ollama): {run_dir / 'gguf'}" in summary and "export_check.json" in summary
 
 
 @needs_converter

@@ -128,6 +128,8 @@ def run_summary(run: RunDir) -> str:
         for label, path in (
             ("adapter", run.adapter),
             ("merged", run.merged),
+            ("gguf (llama.cpp, Ollama)", run / "gguf"),
+            ("export check", run / "export_check.json"),
             ("loss curve", run.loss_plot),
             ("eval report", run.eval_dir() / "report.md"),
         )
