@@ -234,3 +234,11 @@ def test_modelfile_templates_follow_training(tokenizer):
     assert parsed["parameters"]["temperature"] == ["0.7"] and parsed["parameters"]["top_k"] == ["50"]
     qa = parse_modelfile(modelfile("m.gguf", tokenizer, "qa", EvalConfig()))
     assert qa["template"] == "Question: {{ .Prompt }}\nAnswer:"
+
+
+def test_older_run_config_with_quantization_method_still_loads():
+    """Run folders written before export.gguf_quant carry export.quantization_method: they must still load."""
+    from unsloth_sft.config import load_config
+
+    cfg = load_config(overrides=["export.quantization_method=q4_k_m"])
+    assert cfg.export.gguf_quant == ["f16", "q8_0"]

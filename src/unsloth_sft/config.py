@@ -373,6 +373,7 @@ class ExportConfig:
     # of a real model's merged weights flips a few near-ties; a merge that lost or mis-scaled the adapter flips many)
     check_min_agreement: Annotated[Number, Field(ge=0, le=1)] = 0.95
     check_prompts: Count = 4  # eval prompts the export check runs (each: a teacher-forced pass and a greedy decode)
+    quantization_method: str | None = None  # ignored: replaced by gguf_quant; kept so older runs' config.yaml loads
     push_to_hub: str | None = None  # "user/repo"; token from HF_TOKEN or the login cache only
     private: bool = True  # a pushed repo is private unless set false
     max_shard_size: str = "5GB"  # safetensors shards above this size, with an index file
