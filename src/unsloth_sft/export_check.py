@@ -203,7 +203,9 @@ def check_table(check: dict[str, Any]) -> str:
             f"{merged['greedy_equal']}/{merged['prompts']} | {verdict} |"
         )
     for name, g in (check.get("gguf") or {}).items():
-        verdict = f"lossy ({g['top1_agreement']:.1%} top-1)" if g["lossy"] else "same top-1 and replies on these prompts"
+        verdict = (
+            f"lossy ({g['top1_agreement']:.1%} top-1)" if g["lossy"] else "same top-1 and replies on these prompts"
+        )
         rows.append(
             f"| {name} | merged/ | {g['top1_agreement']:.4f} | {g['max_logit_diff']:.3g} | "
             f"{g['greedy_equal']}/{g['prompts']} | {verdict} |"
