@@ -178,7 +178,8 @@ def metadata_check(gguf_file: Path, tokenizer, prompts: list[str]) -> dict:
         want = getattr(tokenizer, f"{name}_token_id")
         if want is not None and meta[name] != want:
             problems.append(f"{name} id {meta[name]} in the GGUF, {want} in training")
-    end_of_turn = {t: tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN if t in tokenizer.get_vocab()}
+    found = {t: tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN}
+    end_of_turn = {t: i for t, i in found.items() if i is not None and tokenizer.convert_ids_to_tokens(i) == t}
     for text, i in end_of_turn.items():
         if meta["types"][i] != CONTROL:
             problems.append(f"{text} (id {i}) is not a control token in the GGUF, so llama.cpp would not stop on it")
