@@ -299,7 +299,7 @@ def verify_exports(run: RunDir | Path, cfg: RunConfig, methods: list[str], metri
         C.fail_if(problem)
         write_card(run / "gguf", gguf_card(cfg, check, sorted(check["gguf"])), cfg)
         out["gguf"] = str(run / "gguf")
-    card = model_card(cfg, cfg.model.name, metrics, eval_metrics, "merged")
+    card = model_card(cfg, metrics, eval_metrics, "merged")
     write_card(run.merged, card + "\n## Export check\n\n" + C.check_table(check) + "\n", cfg)
     return out
 
