@@ -179,6 +179,20 @@ def layer_indices(spec: str | list[int], key: str, num_layers: int | None = None
 
 
 @dataclass(config=STRICT)
+class SourceConfig:
+    """One source of a mixed run (data.sources); the other data keys (test_size, template ...) are shared."""
+
+    source: str  # sample:NAME | Hub id | local file or folder, as data.source
+    task: Task = "auto"  # auto guesses from this source's columns
+    columns: Columns = field(default_factory=dict)  # canonical field -> this source's column
+    config_name: str | None = None  # Hub dataset subset
+    split: str = "train"  # training split of this source
+    test_split: str | None = None  # None: this source's "test" split if it has one, else carve data.test_size
+    weight: Positive | None = None  # share of the mix, relative to the other weighted sources (none oversampled)
+    samples: Count | None = None  # exactly this many training examples (repeated when the source has fewer)
+
+
+@dataclass(config=STRICT)
 class DataConfig:
     source: str = "sample:hindi-dialogsum"  # sample:NAME | Hub id | .json/.jsonl/.csv/.parquet/.txt path
     task: Task = "auto"  # auto guesses from the columns
@@ -197,12 +211,35 @@ class DataConfig:
     skip_empty: bool = True  # rows with an empty answer are skipped and counted (False: error)
     cache_tokenized: bool = True  # reuse tokenized rows from ~/.cache/unsloth_sft/tokenized when nothing changed
     language: Names | None = None  # model card languages (ISO 639-1, e.g. [hi, en]); None: the task's (tasks.py)
+    sources: list[SourceConfig] | None = None  # several sources mixed in one run (instead of data.source)
 
 
 def check_data(d: DataConfig) -> None:
     """test_size is a fraction or a whole count, never 2.5 examples."""
     if d.test_size >= 1 and d.test_size != int(d.test_size):
         raise ConfigError(f"data.test_size must be a fraction below 1 or a whole count, got {d.test_size}")
+    check_sources(d)
+
+
+def source_names(d: DataConfig) -> list[str]:
+    """The run's data: data.source, or each source of data.sources."""
+    return [s.source for s in d.sources] if d.sources is not None else [d.source]
+
+
+def check_sources(d: DataConfig) -> None:
+    """A mix: at least one source, each with a weight or a sample count (not both), trained as one chat task."""
+    if d.sources is None:
+        return
+    if not d.sources:
+        raise ConfigError("data.sources is empty; list at least one {source: ...} or use data.source")
+    if d.task not in ("auto", "chat"):
+        raise ConfigError(
+            f"data.task {d.task} with data.sources: a mix trains as one chat task; set each source's task in "
+            "data.sources[i].task and leave data.task auto"
+        )
+    for i, s in enumerate(d.sources):
+        if s.weight is not None and s.samples is not None:
+            raise ConfigError(f"data.sources[{i}] ({s.source}): give weight or samples, not both")
 
 
 @dataclass(config=STRICT)
@@ -407,7 +444,14 @@ class RunConfig:
         return Path(self.output_dir) / self.run_name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.data.sources is not None:  # a mix has no data.source (config.yaml must load again)
+            del out["data"]["source"]
+        return out
+
+    def with_sources(self, sources: list[SourceConfig]) -> RunConfig:
+        """This config with each mixed source's task resolved, as a run saves it in config.yaml."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, sources=sources))
 
     def with_task(self, task: str) -> RunConfig:
         """This config with data.task resolved (auto -> the detected task), as a run saves it in config.yaml."""
@@ -554,7 +598,9 @@ def _build(cls: type, raw: Any, where: str = "") -> Any:
         check_secret(str(key), dotted)
         if key not in names:
             raise ConfigError(f"unknown key '{dotted}'{did_you_mean(str(key), names)}")
-        if cls is not RunConfig or key not in SECTIONS:
+        if cls is DataConfig and key == "sources" and isinstance(value, list):
+            kwargs[key] = [_build(SourceConfig, item, f"{dotted}[{i}]") for i, item in enumerate(value)]
+        elif cls is not RunConfig or key not in SECTIONS:
             kwargs[key] = value
         elif key == "lora" and value is None:  # `lora: null` means full fine-tuning
             kwargs["finetune"] = "full"
@@ -643,6 +689,12 @@ def load_config(
         else:
             raw[key] = value
     raw = apply_overrides(raw, overrides or [])
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("sources") is not None and "source" in data:
+        raise ConfigError(
+            f"{where}: data.source and data.sources are exclusive; drop data.source (each entry of data.sources "
+            "names its own source)"
+        )
     try:
         cfg = _build(RunConfig, raw)
     except ConfigError as err:

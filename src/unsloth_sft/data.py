@@ -27,24 +27,46 @@ class PreparedData:
     test_conversations: list[list[dict]] = field(default_factory=list)
     skipped: int = 0  # rows with an empty answer, skipped and counted
     truncated: int = 0  # training examples longer than max_seq_length (cut at the end)
+    mix: list[dict] = field(default_factory=list)  # data.sources: each source's task, examples and share
 
 
 # ---------------------------------------------------------------- rows -> conversations
 
 
-def _check_messages(value: Any, where: str) -> list[dict]:
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+
+def from_sharegpt(value: list, col: str, where: str) -> list:
+    """ShareGPT turns ({from: human|gpt|system, value}) as {role, content}, with TRL's own converter."""
+    from trl.data_utils import maybe_convert_to_chatml
+
+    for i, m in enumerate(value):
+        if isinstance(m, dict) and "from" in m and m["from"] not in SHAREGPT_ROLES:
+            raise DataError(
+                f"{where}: {col}[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}; "
+                "fix or drop the turn"
+            )
+    turns = [dict(m) if isinstance(m, dict) else m for m in value]  # TRL converts in place: the row stays as read
+    turns = maybe_convert_to_chatml({"messages": turns})["messages"]
+    return [{**m, "role": SHAREGPT_ROLES[m["role"]]} if isinstance(m, dict) and "role" in m else m for m in turns]
+
+
+def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]:
     if not isinstance(value, list) or not value:
         raise DataError(
-            f"{where}: 'messages' must be a non-empty list of {{role, content}}, got {type(value).__name__}"
+            f"{where}: '{col}' must be a non-empty list of {{role, content}} (or ShareGPT {{from, value}}), "
+            f"got {type(value).__name__}"
         )
+    if any(isinstance(m, dict) and "from" in m for m in value):
+        value = from_sharegpt(value, col, where)
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+            raise DataError(f"{where}: {col}[{i}] must be an object with 'role' and 'content' (or 'from' and 'value')")
         if m["role"] not in ROLES:
-            raise DataError(f"{where}: messages[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}")
+            raise DataError(f"{where}: {col}[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
-            raise DataError(f"{where}: messages[{i}].content must be text, got {type(m['content']).__name__}")
+            raise DataError(f"{where}: {col}[{i}].content must be text, got {type(m['content']).__name__}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -72,7 +94,7 @@ def to_messages(
     if missing:
         raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
     if record.shape == "messages":
-        messages = _check_messages(row[cols[record.fields[0]]], where)
+        messages = _check_messages(row[cols[record.fields[0]]], where, cols[record.fields[0]])
         if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return None
     else:
@@ -220,11 +242,17 @@ class Examples:
     test_conversations: list[list[dict]] = field(default_factory=list)
     skipped: int = 0
     text_column: str | None = None  # raw text only
+    mix: list[dict] = field(default_factory=list)  # data.sources: per source its task, examples, share (mix.py)
+    sources: list | None = None  # data.sources with each task resolved (saved in config.yaml)
 
 
 def load_examples(cfg: RunConfig) -> Examples:
     """Read the source, split it, detect the task and turn rows into conversations (no tokenizer needed)."""
     d = cfg.data
+    if d.sources is not None:
+        from unsloth_sft.mix import load_mix
+
+        return load_mix(cfg)
     check_columns(d)
     train, test = train_test(d, cfg.train.seed)
     first = train.rows[0]
@@ -288,7 +316,15 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
     if ex.test_conversations:
         test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len)[0]
     return PreparedData(
-        ex.task, template, train_ds, test_ds, ex.train_conversations, ex.test_conversations, ex.skipped, truncated
+        ex.task,
+        template,
+        train_ds,
+        test_ds,
+        ex.train_conversations,
+        ex.test_conversations,
+        ex.skipped,
+        truncated,
+        ex.mix,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft import tasks
-from unsloth_sft.config import EvalConfig, RunConfig
+from unsloth_sft.config import EvalConfig, RunConfig, source_names
 from unsloth_sft.errors import DataError, ModelError
 from unsloth_sft.prompts import render, render_prompt, stop_token_ids
 from unsloth_sft.runs import RunDir
@@ -186,7 +186,9 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     has_adapter = run.has_adapter
     if run.kind is None:
         raise ModelError(f"{run}: no adapter/ or merged/ model in this run folder; train first (unsloth-sft train)")
-    no_test = DataError(f"{cfg.data.source}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split")
+    no_test = DataError(
+        f"{' + '.join(source_names(cfg.data))}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split"
+    )
     examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
     record = tasks.get(examples.task)
     if not has_test(examples, cfg):
@@ -206,7 +208,7 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     result: dict[str, Any] = {
         "task": data.task,
         "template": data.template,
-        "data": cfg.data.source,
+        "data": " + ".join(source_names(cfg.data)),
         "test_examples": len(data.test),
     }
     with as_base():

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from unsloth_sft.config import RunConfig
+from unsloth_sft.config import RunConfig, source_names
 from unsloth_sft.errors import ConfigError, ModelError, RunError
 from unsloth_sft.runs import RunDir, atomic_dir
 
@@ -95,7 +95,7 @@ def model_card(cfg: RunConfig, metrics: dict | None, eval_metrics: dict | None, 
     base_model = (source or {}).get("base_model") or cfg.model.name
     meta = {
         "base_model": base_model,
-        "datasets": [cfg.data.source] if not cfg.data.source.startswith("sample:") else [],
+        "datasets": [name for name in source_names(cfg.data) if not name.startswith("sample:")],
         "language": tasks.card_language(cfg.data.task, cfg.data.language),
         "library_name": "peft" if kind == "lora" else "transformers",
         "license": cfg.export.license or (source or {}).get("license") or "other",
@@ -119,7 +119,7 @@ def model_card(cfg: RunConfig, metrics: dict | None, eval_metrics: dict | None, 
         "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
         f"# {cfg.run_name}\n\nA {'LoRA adapter for' if kind == 'lora' else 'fine-tune of'} `{base_model}`, trained "
         f"with unsloth-sft (TRL `SFTTrainer`{', peft LoRA' if cfg.finetune != 'full' else ''}) "
-        f"on `{cfg.data.source}` ({cfg.data.task} task).",
+        f"on {' + '.join(f'`{name}`' for name in source_names(cfg.data))} ({cfg.data.task} task).",
         "## How to load\n\n" + load,
     ]
     if source:

@@ -12,7 +12,7 @@ from typing import Any
 
 from unsloth_sft import model, tasks
 from unsloth_sft.chat_templates import template_text
-from unsloth_sft.config import RunConfig, eval_strategy, save_config
+from unsloth_sft.config import RunConfig, eval_strategy, save_config, source_names
 from unsloth_sft.data import Examples, PreparedData, check_trainable, has_test, load_examples, prepare
 from unsloth_sft.distributed import (
     check_launch,
@@ -37,6 +37,7 @@ from unsloth_sft.export import (
     write_card,
 )
 from unsloth_sft.gguf_models import model_source
+from unsloth_sft.mix import mix_lines
 from unsloth_sft.model import LoadedModel, format_groups, params_by_group, resolve_model_path
 from unsloth_sft.quiet import import_backend, no_progress_bars
 from unsloth_sft.runs import RunDir, write_json
@@ -74,6 +75,8 @@ def begin(cfg: RunConfig) -> Run:
         folder.check(cfg)
     examples = load_examples(cfg)
     cfg = cfg.with_task(examples.task)  # resolved once: config.yaml, eval and infer all say which task this is
+    if examples.sources is not None:  # a mix: each source's task resolved too
+        cfg = cfg.with_sources(examples.sources)
     check_eval_data(cfg, examples)
     backend = import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, model path)
     if cfg.model.chat_template:
@@ -132,6 +135,8 @@ def load_data(run: Run) -> str:
             if source
             else ""
         )
+        if run.data.mix:  # the shares the mix came to, beside the weights that asked for them
+            header = "\n".join([header, "data mix:", *mix_lines(run.data.mix)]).strip("\n")
         save_config(cfg, folder / ".config.yaml.tmp", header)
         (folder / ".config.yaml.tmp").replace(folder.config_file)
         write_json(folder.environment_file, {**environment(), "model_source": source})
@@ -169,7 +174,7 @@ def quick_generation(run: Run, n: int = 3) -> list[dict]:
 
 def no_test_split(cfg: RunConfig) -> str:
     return (
-        f"{cfg.data.source}: evaluation during training (train.eval_steps / eval_strategy) needs a test split, and "
+        f"{' + '.join(source_names(cfg.data))}: evaluation during training (train.eval_steps / eval_strategy) needs a test split, and "
         "it is empty; set data.test_size (e.g. 0.1) or data.test_split"
     )
 
@@ -190,10 +195,14 @@ def data_line(d: PreparedData, cfg: RunConfig) -> str:
     test = len(d.test) if d.test is not None else 0
     if tasks.get(d.task).shape == "blocks":
         return f"{d.task} task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
-    return (
+    line = (
         f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
         f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens"
     )
+    if d.mix:  # data.sources: what each source gave; eval scores the union of their test splits
+        line += f"\nmix of {len(d.mix)} sources (test: each source's own, evaluated together):\n"
+        line += "\n".join(mix_lines(d.mix))
+    return line
 
 
 def fit(run: Run) -> dict:
@@ -238,6 +247,8 @@ def fit(run: Run) -> dict:
         truncated_examples=d.truncated,
         resumed_from=str(run.resume_from) if run.resume_from else None,
     )
+    if d.mix:
+        run.metrics["data_mix"] = d.mix  # each source's task, examples and share of training
     return run.metrics
 
 

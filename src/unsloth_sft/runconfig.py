@@ -101,6 +101,7 @@ def run_config(
     if data is not None:  # every row of the file is a test example, shaped as the run's task
         task = run.task or "auto"
         extra = [("data.source", str(data)), ("data.split", "train"), ("data.test_split", "train"), ("data.task", task)]
+        extra.append(("data.sources", None))  # a mixed run is scored on the one file
     params = {"eval": given.to_dict()["eval"]} if given is not None else None
     cfg = run.config(overrides + extra, params=params)
     final = flatten(cfg.to_dict())

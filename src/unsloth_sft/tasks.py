@@ -199,6 +199,7 @@ register(
     Task(
         "chat",
         fields=("messages",),
+        aliases={"messages": ("conversations",)},  # ShareGPT rows: [{from: human|gpt|system, value}] (data.py)
         detect=10,
         shape="messages",
         loss="every assistant turn (or the last: data.last_turn_only)",
