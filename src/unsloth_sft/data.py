@@ -37,18 +37,22 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 
 
 def from_sharegpt(value: list, col: str, where: str) -> list:
-    """ShareGPT turns ({from: human|gpt|system, value}) as {role, content}, with TRL's own converter."""
-    from trl.data_utils import maybe_convert_to_chatml
+    """ShareGPT turns ({from: human|gpt|system, value}) as {role, content}; a new list, the row stays as read.
 
+    TRL's maybe_convert_to_chatml renames the keys but keeps human/gpt, and importing trl here, before the
+    pipeline imports unsloth, would cost unsloth's patches; so the rename is these few lines.
+    """
+    out = []
     for i, m in enumerate(value):
-        if isinstance(m, dict) and "from" in m and m["from"] not in SHAREGPT_ROLES:
-            raise DataError(
-                f"{where}: {col}[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}; "
-                "fix or drop the turn"
-            )
-    turns = [dict(m) if isinstance(m, dict) else m for m in value]  # TRL converts in place: the row stays as read
-    turns = maybe_convert_to_chatml({"messages": turns})["messages"]
-    return [{**m, "role": SHAREGPT_ROLES[m["role"]]} if isinstance(m, dict) and "role" in m else m for m in turns]
+        if isinstance(m, dict) and "from" in m:
+            if m["from"] not in SHAREGPT_ROLES:
+                raise DataError(
+                    f"{where}: {col}[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}; "
+                    "fix or drop the turn"
+                )
+            m = {"role": SHAREGPT_ROLES[m["from"]], **({"content": m["value"]} if "value" in m else {})}
+        out.append(m)
+    return out
 
 
 def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]:
