@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from unsloth_sft import data, mix
 from unsloth_sft.cli import main
 from unsloth_sft.config import load_config, save_config
 from unsloth_sft.errors import ConfigError, DataError
+from unsloth_sft.runconfig import config_changes
 
 EOT = "<end_of_turn>"
 
@@ -150,6 +152,16 @@ def test_a_mixed_config_saves_and_loads_again(tmp_path):
         again.data.sources == cfg.data.sources
         and "source:" not in (tmp_path / "config.yaml").read_text().split("sources:")[0].split("data:")[1]
     )
+
+
+def test_a_rerun_of_a_mix_recipe_may_resume_its_run():
+    recipe = load_config(overrides=["data.sources=[{source: a.jsonl, weight: 2}, {source: b.jsonl}]"])
+    saved = recipe.with_task("chat").with_sources(
+        [dataclasses.replace(s, task=t) for s, t in zip(recipe.data.sources, ("qa", "chat"))]
+    )
+    assert config_changes(saved.to_dict(), recipe.to_dict()) == []  # auto vs the task the run resolved
+    heavier = load_config(overrides=["data.sources=[{source: a.jsonl, weight: 3}, {source: b.jsonl}]"])
+    assert [c.split(":")[0] for c in config_changes(saved.to_dict(), heavier.to_dict())] == ["data.sources"]
 
 
 def test_mixed_run_trains_from_the_cli_and_records_the_shares(tmp_path, capsys):

@@ -53,8 +53,19 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def agrees(key: str, old: Any, new: Any) -> bool:
-    """Equal values; or data.task `auto` on one side, which the run resolves (and saves) when it starts."""
-    return old == new or (key == "data.task" and "auto" in (old, new))
+    """Equal values; or data.task `auto` on one side, which the run resolves (and saves) when it starts; the same
+    for each source's task in data.sources."""
+    if old == new or (key == "data.task" and "auto" in (old, new)):
+        return True
+    if key != "data.sources" or not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return False
+    return all(
+        isinstance(a, dict)
+        and isinstance(b, dict)
+        and {**a, "task": None} == {**b, "task": None}
+        and agrees("data.task", a.get("task"), b.get("task"))
+        for a, b in zip(old, new)
+    )
 
 
 # Keys of a data section that do not change what a test example looks like: they may differ from the run's.
