@@ -1344,7 +1344,7 @@ def drive_real(args: argparse.Namespace) -> dict:
     import platform
 
     from unsloth_sft.atomic import write_json
-    from unsloth_sft.config import load_config
+    from unsloth_sft.config import gradient_checkpointing, load_config
     from unsloth_sft.model import resolve_model_path
 
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
@@ -1391,7 +1391,7 @@ def drive_real(args: argparse.Namespace) -> dict:
             "lora_r": cfg.lora.r,
             "lora_alpha": cfg.lora.alpha,
             "target_modules": list(cfg.lora.target_modules),
-            "gradient_checkpointing": bool(cfg.lora.use_gradient_checkpointing),
+            "gradient_checkpointing": bool(gradient_checkpointing(cfg.lora)),
             "batch": f"{t.per_device_train_batch_size} x accumulation {t.gradient_accumulation_steps}",
             "optim": t.optim,
             "learning_rate": t.learning_rate,

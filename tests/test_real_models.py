@@ -132,3 +132,21 @@ def test_checkpointing_off_in_the_config_is_off_for_the_unsloth_trainer_too(tmp_
     assert sft_config(off, tmp_path, backend="unsloth").gradient_checkpointing is False
     assert sft_config(off, tmp_path, backend="transformers").gradient_checkpointing is False
     assert sft_config(on, tmp_path, backend="unsloth").gradient_checkpointing is True
+
+
+def test_checkpointing_auto_is_off_on_a_cpu_and_unsloths_on_a_gpu(tmp_path, monkeypatch):
+    """The default "auto": recomputation costs 21-41 % of CPU throughput (bench/), so only a GPU gets it."""
+    import torch
+
+    from unsloth_sft.config import gradient_checkpointing
+    from unsloth_sft.train import sft_config
+
+    cfg = small_config(tmp_path)
+    assert cfg.lora.use_gradient_checkpointing == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gradient_checkpointing(cfg.lora) is False
+    assert sft_config(cfg, tmp_path, backend="unsloth").gradient_checkpointing is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gradient_checkpointing(cfg.lora) == "unsloth"
+    explicit = small_config(tmp_path, "lora.use_gradient_checkpointing=true")
+    assert gradient_checkpointing(explicit.lora) is True  # an explicit choice is kept on any device

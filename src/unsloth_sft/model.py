@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.chat_templates import set_chat_template
-from unsloth_sft.config import FREEZE_GROUPS, TARGET_PRESETS, LoraConfig, RunConfig, TrainConfig, layer_indices
+from unsloth_sft.config import (
+    FREEZE_GROUPS,
+    TARGET_PRESETS,
+    LoraConfig,
+    RunConfig,
+    TrainConfig,
+    gradient_checkpointing,
+    layer_indices,
+)
 from unsloth_sft.errors import ModelError
 from unsloth_sft.gguf_models import CATALOGUE, gguf_model_path, is_gguf_name
 from unsloth_sft.tiny import TINY_NAME, tiny_model_path
@@ -281,7 +289,7 @@ def _lora_unsloth(cfg: RunConfig, model):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         bias=lora.bias,
-        use_gradient_checkpointing=lora.use_gradient_checkpointing,
+        use_gradient_checkpointing=gradient_checkpointing(lora),
         random_state=cfg.train.seed,
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,  # unsloth 2026.10.9 passes it on to peft's LoraConfig (its kernels skip DoRA)
@@ -321,7 +329,7 @@ def _lora_transformers(cfg: RunConfig, model):
 
     lora = cfg.lora
     targets, layers = lora_targets(model, lora), lora_layers(model, lora)
-    checkpointing = bool(lora.use_gradient_checkpointing)
+    checkpointing = bool(gradient_checkpointing(lora))
     if cfg.model.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:

@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig, best_metric_name, eval_strategy, load_best
+from unsloth_sft.config import RunConfig, best_metric_name, eval_strategy, gradient_checkpointing, load_best
 from unsloth_sft.distributed import gather, is_main_process, world_size
 from unsloth_sft.errors import RunError
 from unsloth_sft.runs import CHECKPOINTS
@@ -64,7 +64,7 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
         # Trainer must not add a second pass when the config turns it off (it did: every layer ran twice).
         **(
             {"gradient_checkpointing": False}
-            if backend == "transformers" or not cfg.lora.use_gradient_checkpointing
+            if backend == "transformers" or not gradient_checkpointing(cfg.lora)
             else {}
         ),
         bf16=bf16,
