@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config import RunConfig
-from unsloth_sft.errors import ModelError, RunError
+from unsloth_sft.errors import RunError
 from unsloth_sft.runs import EXPORT_CHECK
 
 CHECK_FILE = EXPORT_CHECK  # RUN/export_check.json
@@ -116,20 +116,9 @@ def load_gguf_into(gguf_file: Path, reference_config):
     The merged config, not the one the loader derives from GGUF metadata: the GGUF has no field for
     Gemma-2's query_pre_attn_scalar (the loader would default it to 256); llama.cpp's scale is checked apart.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
+    from unsloth_sft.gguf_models import load_gguf_weights
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(reference_config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    missing = [k for k in missing if not (k.endswith("lm_head.weight") and reference_config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ModelError(
-            f"{gguf_file.name}: weights do not fit the merged model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    if reference_config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+    return load_gguf_weights(gguf_file, reference_config).eval()
 
 
 def llama_cpp_figures(gguf_file: Path, merged_model, tokenizer, prompts: list[str]) -> dict:

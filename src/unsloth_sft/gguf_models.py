@@ -359,34 +359,49 @@ def check_tokenizer(tokenizer, meta: dict) -> None:
             raise ModelError(f"{where}: BOS handling differs from the GGUF's add_bos_token={meta['add_bos']}")
 
 
-def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
-    """De-quantize with transformers' GGUF loader, then save a plain model (save_pretrained refuses GGUF models)."""
+def load_gguf_weights(gguf_file: Path, config=None):
+    """A GGUF's de-quantized weights (transformers' GGUF loader, float32) in a plain model built from `config`.
+
+    `config`: the loader's own when None; a reference config (an exported run's merged model) otherwise, since the
+    GGUF has no field for some settings (Gemma-2's query_pre_attn_scalar: the loader would default it to 256).
+    save_pretrained refuses a GGUF-loaded model, so the weights move into a model built from the config.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):  # "quant_method: gguf" would send later loads back to a GGUF file
-        del config.quantization_config
-    config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    stops = [tokenizer.eos_token_id]
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>") if "<end_of_turn>" in tokenizer.get_vocab() else None
-    if end_of_turn is not None and end_of_turn != tokenizer.eos_token_id:
-        stops.append(end_of_turn)
-    config.eos_token_id = tokenizer.eos_token_id  # the tokenizer's, as upstream ships it; generation stops at both
+    if config is None:
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # "quant_method: gguf" would send later loads back to a GGUF file
+            del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
     if missing or unexpected:
         raise ModelError(
-            f"GGUF weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{gguf_file.name}: weights do not fit {type(model).__name__}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     if config.tie_word_embeddings:
         model.tie_weights()
+    return model
+
+
+def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
+    """De-quantize with transformers' GGUF loader, then save a plain model (save_pretrained refuses GGUF models)."""
+    from transformers import GenerationConfig
+
+    model = load_gguf_weights(gguf_file)
+    config = model.config
+    config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    stops = [tokenizer.eos_token_id]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")  # one lookup: get_vocab() builds all 262k
+    if tokenizer.convert_ids_to_tokens(end_of_turn) == "<end_of_turn>" and end_of_turn != tokenizer.eos_token_id:
+        stops.append(end_of_turn)
+    config.eos_token_id = tokenizer.eos_token_id  # the tokenizer's, as upstream ships it; generation stops at both
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         pad_token_id=config.pad_token_id,
         eos_token_id=stops if len(stops) > 1 else stops[0],
     )
-    del loaded
     model.save_pretrained(out)
