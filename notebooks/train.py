@@ -95,8 +95,9 @@ print(pipeline.load_base(run))
 
 # %% [markdown]
 # ### LoRA adapters
-# `FastLanguageModel.get_peft_model` (or peft's): rank `lora.r` on `lora.target_modules`, with unsloth's gradient
-# checkpointing; only the adapters train (none with `finetune: full`, which trains every weight).
+# `FastLanguageModel.get_peft_model` (or peft's): rank `lora.r` on `lora.target_modules`, with gradient
+# checkpointing as `lora.use_gradient_checkpointing` says (auto: unsloth's on a GPU, none on a CPU); only the
+# adapters train (none with `finetune: full`, which trains every weight).
 
 # %%
 print(pipeline.add_lora(run))
