@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from unsloth_sft.errors import ModelError, RunError
+from unsloth_sft.prompts import token_id
 from unsloth_sft.tiny import cache_root
 
 LLAMA_CPP_ENV = "UNSLOTH_SFT_LLAMA_CPP"  # a llama.cpp source tree with convert_hf_to_gguf.py (and gguf-py)
@@ -178,8 +179,8 @@ def metadata_check(gguf_file: Path, tokenizer, prompts: list[str]) -> dict:
         want = getattr(tokenizer, f"{name}_token_id")
         if want is not None and meta[name] != want:
             problems.append(f"{name} id {meta[name]} in the GGUF, {want} in training")
-    found = {t: tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN}
-    end_of_turn = {t: i for t, i in found.items() if i is not None and tokenizer.convert_ids_to_tokens(i) == t}
+    found = {t: token_id(tokenizer, t) for t in END_OF_TURN}
+    end_of_turn = {t: i for t, i in found.items() if i is not None}
     for text, i in end_of_turn.items():
         if meta["types"][i] != CONTROL:
             problems.append(f"{text} (id {i}) is not a control token in the GGUF, so llama.cpp would not stop on it")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unsloth_sft.errors import ModelError
+from unsloth_sft.prompts import token_id
 from unsloth_sft.tiny import GEMMA_CHAT_TEMPLATE, cache_root
 
 SOURCE_FILE = "gguf_source.json"  # written into every converted folder: where the weights came from
@@ -395,8 +396,8 @@ def _save_weights(gguf_file: Path, out: Path, tokenizer) -> None:
     config = model.config
     config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     stops = [tokenizer.eos_token_id]
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")  # one lookup: get_vocab() builds all 262k
-    if tokenizer.convert_ids_to_tokens(end_of_turn) == "<end_of_turn>" and end_of_turn != tokenizer.eos_token_id:
+    end_of_turn = token_id(tokenizer, "<end_of_turn>")
+    if end_of_turn is not None and end_of_turn != tokenizer.eos_token_id:
         stops.append(end_of_turn)
     config.eos_token_id = tokenizer.eos_token_id  # the tokenizer's, as upstream ships it; generation stops at both
     model.generation_config = GenerationConfig(

@@ -27,6 +27,15 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def token_id(tokenizer, token: str) -> int | None:
+    """The id of `token` if the vocabulary has it as one token, else None (HF maps unknown tokens to <unk>).
+
+    One lookup: get_vocab() would build a dict of the whole vocabulary (~5 s for Gemma-3's 262k tokens).
+    """
+    i = tokenizer.convert_tokens_to_ids(token)
+    return i if i is not None and tokenizer.convert_ids_to_tokens(i) == token else None
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """Tokens that end a completion: EOS first, then every other special (control) token of the vocabulary.
 
@@ -38,12 +47,8 @@ def stop_token_ids(tokenizer) -> list[int]:
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     special = sorted(i for i, token in added.items() if getattr(token, "special", False))
-    # one lookup per marker: get_vocab() builds a dict of the whole vocabulary (~5 s for Gemma-3's 262k)
-    found = {
-        m: tokenizer.convert_tokens_to_ids(m)
-        for m in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>")
-    }
-    markers = [i for m, i in found.items() if i is not None and tokenizer.convert_ids_to_tokens(i) == m]
+    found = (token_id(tokenizer, m) for m in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>"))
+    markers = [i for i in found if i is not None]
     for i in markers + special:
         if i not in ids:
             ids.append(i)
