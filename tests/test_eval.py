@@ -42,6 +42,31 @@ def test_tuned_loss_lower_than_base_on_training_data(trained):
     assert loss["delta"] == pytest.approx(loss["tuned"] - loss["base"])
 
 
+@pytest.mark.parametrize("per_row", [True, False])
+def test_eval_loss_equals_the_full_logits_loss(trained, per_row):
+    """Logits at trained positions only (one row at a time, or a padded batch's union of positions) give the mean
+    cross-entropy per trained token that full logits give, row by row, through the model's own loss."""
+    import torch
+
+    from unsloth_sft.data import load_examples, prepare
+    from unsloth_sft.evaluate import eval_loss
+    from unsloth_sft.model import load_for_inference
+
+    model, tokenizer = load_for_inference(trained.model.name, str(trained.run_dir / "adapter"))
+    data = prepare(trained, tokenizer, load_examples(trained))
+    rows = [data.train[i] for i in range(6)]
+    total = count = 0.0
+    with torch.no_grad():
+        for row in rows:
+            n = sum(label != -100 for label in row["labels"][1:])
+            out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
+            total, count = total + float(out.loss) * n, count + n
+    lengths = {len(r["input_ids"]) for r in rows}
+    assert len(lengths) > 1, "precondition: rows of different lengths, so a batch pads"
+    got = eval_loss(model, tokenizer, data.train.select(range(6)), batch_size=4, per_row=per_row)
+    assert got == pytest.approx(total / count, rel=1e-4)
+
+
 def test_eval_writes_report(trained):
     from unsloth_sft.evaluate import evaluate_run
 

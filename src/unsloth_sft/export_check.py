@@ -52,7 +52,12 @@ def greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list
 
 
 def compare(reference, other, tokenizer, prompts: list[str], max_new_tokens: int = CHECK_MAX_NEW_TOKENS) -> dict:
-    """Agreement of `other` with `reference` on the prompts (teacher-forced on the reference's greedy reply)."""
+    """Agreement of `other` with `reference` on the prompts (teacher-forced on the reference's greedy reply).
+
+    `greedy_equal` counts prompts where `other`'s top-1 token at every position of the reference's greedy reply is
+    the reference's token: greedy decoding picks exactly those, so `other`'s own greedy reply is the same (and
+    stops at the same stop token or length). One generation per prompt instead of two: half the check's time.
+    """
     import torch
 
     agree = positions = same = 0
@@ -60,11 +65,11 @@ def compare(reference, other, tokenizer, prompts: list[str], max_new_tokens: int
     for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         ref_reply = greedy(reference, tokenizer, ids, max_new_tokens)
-        other_reply = greedy(other, tokenizer, ids, max_new_tokens)
-        same += ref_reply == other_reply
         seq = torch.tensor([ids + ref_reply])
         with torch.no_grad():
             a, b = reference(seq).logits[0].float(), other(seq).logits[0].float()
+        picks = b[len(ids) - 1 : len(ids) - 1 + len(ref_reply)].argmax(-1)  # other's choice for each reply token
+        same += bool((picks == torch.tensor(ref_reply, dtype=picks.dtype)).all())
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         positions += seq.shape[1]
         max_diff = max(max_diff, float((a - b).abs().max()))
