@@ -133,6 +133,22 @@ def test_check_refuses_a_tokenizer_that_splits_differently_from_the_gguf():
         G.check_tokenizer(wrong_eos, meta)
 
 
+def test_sentencepiece_model_holds_the_gguf_vocabulary_and_splits_like_it():
+    """The tokenizer.model written for llama.cpp's converter: the GGUF's pieces, scores and types, one by one, and
+    SentencePiece itself tokenizes with it as the GGUF's vocabulary says."""
+    import sentencepiece as spm
+
+    meta = sentencepiece_meta()
+    sp = spm.SentencePieceProcessor(model_proto=G.sentencepiece_model(meta))
+    assert sp.vocab_size() == len(meta["tokens"])
+    for i, (piece, score, kind) in enumerate(zip(meta["tokens"], meta["scores"], meta["types"])):
+        assert (sp.IdToPiece(i), sp.GetScore(i)) == (piece, score)
+        assert (sp.IsControl(i), sp.IsUnknown(i), sp.IsByte(i)) == (kind == CONTROL, kind == UNKNOWN, kind == BYTE)
+    assert (sp.bos_id(), sp.eos_id(), sp.unk_id(), sp.pad_id()) == (2, 1, 3, 0)
+    for text in ("hello world", "ab abc hello", "नम hello"):
+        assert sp.encode(text) == G.reference_encode(text, meta)[1:], text  # [1:]: no <bos> from encode()
+
+
 def write_toy_gguf(
     path, meta: dict, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, ffn: int = 64
 ):
@@ -211,6 +227,13 @@ def test_a_gguf_file_converts_once_into_a_cached_folder_that_trains(tmp_path, mo
         model.model.embed_tokens.weight,
         torch.from_numpy(np.array(embd.data)).reshape(model.model.embed_tokens.weight.shape),
     )
+    # llama.cpp's converter reads a SentencePiece vocabulary from tokenizer.model: written from the GGUF, and
+    # written again for a folder converted before it was (ensure_sentencepiece, called by the GGUF export)
+    spm_file = folder / "tokenizer.model"
+    written = spm_file.read_bytes()
+    assert written == G.sentencepiece_model(sentencepiece_meta())
+    spm_file.unlink()
+    assert G.ensure_sentencepiece(folder) == spm_file and spm_file.read_bytes() == written
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert G.gguf_model_path(str(gguf_file)) == folder  # the second call reuses the cache
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp

@@ -155,6 +155,8 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
         check_tokenizer(tokenizer, meta)
         _save_weights(gguf_file, tmp, tokenizer)
         tokenizer.save_pretrained(tmp)
+        if meta["model"] == "llama":  # for llama.cpp's converter, when the tuned model is exported to GGUF
+            (tmp / SENTENCEPIECE_FILE).write_bytes(sentencepiece_model(meta))
         if gguf_file.parent == tmp:
             gguf_file.unlink()
         source = {
@@ -177,6 +179,51 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+SENTENCEPIECE_FILE = "tokenizer.model"  # what llama.cpp's converter reads for a SentencePiece vocabulary (Gemma)
+
+
+def sentencepiece_model(meta: dict) -> bytes:
+    """A SentencePiece BPE model (tokenizer.model) holding the GGUF's own pieces, scores and token types.
+
+    llama.cpp's converter builds a Gemma GGUF's vocabulary from tokenizer.model only; from a tokenizer.json it
+    takes a byte-level BPE (gpt2) vocabulary that tokenizes differently and drops add_bos. A GGUF-converted
+    base has no tokenizer.model, so this writes one; its piece types use the GGUF's numbering (both follow
+    SentencePiece's: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    model = sp.ModelProto()
+    for piece, score, kind in zip(meta["tokens"], meta["scores"], meta["types"]):
+        model.pieces.add(piece=piece, score=float(score), type=int(kind))
+    spec = model.trainer_spec
+    spec.model_type, spec.vocab_size, spec.byte_fallback = sp.TrainerSpec.BPE, len(meta["tokens"]), True
+    for name in ("unk", "bos", "eos", "pad"):
+        setattr(spec, f"{name}_id", -1 if meta[name] is None else int(meta[name]))
+    norm = model.normalizer_spec
+    norm.name, norm.add_dummy_prefix = "identity", bool(meta["add_space_prefix"])
+    norm.remove_extra_whitespaces, norm.escape_whitespaces = False, True
+    return model.SerializeToString()
+
+
+def ensure_sentencepiece(folder: str | Path) -> Path | None:
+    """The converted folder's tokenizer.model, written from its source GGUF when missing (folders converted
+    before it was part of the conversion); None when the folder is not from a SentencePiece ("llama") GGUF."""
+    folder = Path(folder)
+    path, source = folder / SENTENCEPIECE_FILE, model_source(folder)
+    if path.is_file() or source is None:
+        return path if path.is_file() else None
+    parts = [Path(p) for p in source["gguf"]]
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        gguf_file = parts[0] if len(parts) == 1 else _concatenate(parts, Path(tmp) / "model.gguf")
+        meta = read_metadata(gguf_file)
+        if meta["model"] != "llama":
+            return None
+        staged = Path(tmp) / SENTENCEPIECE_FILE
+        staged.write_bytes(sentencepiece_model(meta))
+        staged.replace(path)
+    return path
 
 
 def _concatenate(parts: list[Path], out: Path) -> Path:
