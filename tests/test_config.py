@@ -705,6 +705,12 @@ def test_notebook_unknown_parameters_are_all_named():
     assert "foo" in msg and "bar" in msg
 
 
+def test_notebook_ignores_a_sweep_section_from_papermill_f(tmp_path):
+    """papermill -f params/cpu/sweep-*.yaml injects `sweep`: the notebook runs the recipe as one variant."""
+    ns, defined = notebook_ns(sweep={"grid": {"train.learning_rate": [1e-3, 2e-3]}}, train={"max_steps": 3})
+    assert notebook_config(ns, defined).train.max_steps == 3
+
+
 def test_notebook_private_names_are_ignored():
     ns, defined = notebook_ns(_given=1)
     assert notebook_config(ns, defined).run_name == "demo"

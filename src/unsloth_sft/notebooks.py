@@ -18,6 +18,9 @@ PARAMETERS = (
     *SHORTCUTS,
     *SECTIONS,
 )  # what a notebook's parameters cell defines
+# papermill -f passes every top-level key of a params file; a sweep file's `sweep:` section is for `unsloth-sft
+# sweep`, and the notebook runs the recipe around it as one variant (as load_config leaves the section out)
+IGNORED = ("sweep",)
 
 
 def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
@@ -26,7 +29,7 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
     `defined` is `set(dir())` taken at the end of the parameters cell: any name papermill injected beyond it
     is a parameter the notebook does not know, which papermill itself only warns about.
     """
-    unknown = sorted(k for k in namespace if k not in defined and not k.startswith("_"))
+    unknown = sorted(k for k in namespace if k not in defined and k not in IGNORED and not k.startswith("_"))
     for name in unknown:  # `-p hf_token ...` gets the reason, not just "unknown"
         check_secret(name, f"notebook parameter '{name}'")
     if unknown:
