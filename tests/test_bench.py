@@ -464,12 +464,17 @@ def test_real_ratios_targets_and_markdown():
 
 
 def test_every_real_variant_is_the_recipe(tmp_path):
+    from unsloth_sft.config import load_config
+
+    recipe = load_config(cpu.REAL_RECIPE).train
     for variant, (_, backend) in cpu.REAL_VARIANTS.items():
         cfg = cpu.real_config(variant, "tiny-gemma2", 4, tmp_path)
         assert cfg.model.backend == (backend or "transformers") and cfg.model.max_seq_length == 512
         assert (cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.logging_steps) == (4, 0, 1)
-        assert cfg.lora.use_gradient_checkpointing is False and cfg.train.per_device_train_batch_size == 4
-        assert cfg.train.group_by_length is (variant != "naive")  # the recipe's default; naive draws at random
+        assert cfg.lora.use_gradient_checkpointing is False
+        batch = (cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, cfg.train.learning_rate)
+        assert batch == (recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps, recipe.learning_rate)
+        assert cfg.train.group_by_length is (recipe.group_by_length and variant != "naive")  # naive draws at random
     assert [v for v in cpu.REAL_VARIANTS if cpu.uses_unsloth(v, real=True)] == ["pipeline-unsloth"]
     assert [v for v in cpu.REAL_VARIANTS if cpu.trained_positions_used(v)] == ["pipeline-unsloth", "pipeline"]
 
