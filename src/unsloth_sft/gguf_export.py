@@ -102,8 +102,9 @@ def adds_bos(tokenizer) -> bool:
 
 def stage(merged: Path, tokenizer, base_path: str | None, out: Path) -> Path:
     """The merged folder as llama.cpp's converter reads it: links to its files, the base's SentencePiece
-    tokenizer.model (transformers 5 does not save it; a GGUF-converted base gets one from its GGUF), and a tokenizer_config.json with `added_tokens_decoder`
-    and `add_bos_token` (transformers 5 leaves them out; without them the converter types <end_of_turn> normal)."""
+    tokenizer.model (transformers 5 does not save it; a GGUF-converted base gets one from its GGUF), and a
+    tokenizer_config.json with `added_tokens_decoder` and `add_bos_token` (transformers 5 leaves them out;
+    without them the converter types <end_of_turn> normal)."""
     out.mkdir(parents=True)
     for path in Path(merged).iterdir():
         if path.is_file() and path.name not in ("tokenizer_config.json", "README.md"):
