@@ -1,10 +1,12 @@
-"""Helpers shared by bench/cpu.py and bench/gpu.py: model shapes, bisection, worker processes, tables, counters."""
+"""Helpers every benchmark uses: model shapes, worker processes, requirement checks, bisection, FLOPs, tables.
+
+The helpers only the two CPU benchmarks share (data, token counting, timing, trainers) are in `bench.cpu_common`.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -70,19 +72,34 @@ WHEEL_HINTS = {
 # ---------------------------------------------------------------- worker processes
 
 
-def spawn(script: Path, extra: list[str], json_out: Path, log: Path) -> tuple[int, Any]:
-    """Run `script` with `extra` arguments in a fresh process (output to `log`); its exit code and JSON result.
+def spawn(module: str, extra: list[str], json_out: Path, log: Path, cwd: Path = ROOT) -> tuple[int, Any]:
+    """Run `python -m module` with `extra` arguments in a fresh process (output to `log`); its exit code and result.
 
-    The worker writes its result to `--json-out`; on failure the result is None and the log's tail is printed.
+    `cwd` is the repository root, where `bench` imports as a package. The worker writes its result to
+    `--json-out`; on failure the result is None and the log's tail is printed.
     """
-    cmd = [sys.executable, str(script), *extra, "--json-out", str(json_out)]
+    cmd = [sys.executable, "-m", module, *extra, "--json-out", str(json_out)]
     with log.open("w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd).returncode
     if rc != 0 or not json_out.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         print(f"  FAILED (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
         return rc, None
     return rc, json.loads(json_out.read_text())
+
+
+def cpu_device() -> str:
+    """'CPU, <cores> cores, <model name>' (from /proc/cpuinfo; else the platform's processor or machine name)."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"CPU, {os.cpu_count()} cores, {name}"
 
 
 # ---------------------------------------------------------------- requirements
@@ -154,6 +171,14 @@ def build_random_model(
     return path
 
 
+def load_model(cfg):
+    """The library's base model of `cfg` with its LoRA adapters: `add_lora(cfg, load_base(cfg))`."""
+    from unsloth_sft.models.load import load_base
+    from unsloth_sft.models.lora import add_lora
+
+    return add_lora(cfg, load_base(cfg))
+
+
 # ---------------------------------------------------------------- bisection
 
 
@@ -177,72 +202,6 @@ def longest_trainable(try_fn: Callable[[int], bool], lo: int, hi: int, step: int
         else:
             bad = mid
     return lo + good * step
-
-
-# ---------------------------------------------------------------- data
-
-
-def bench_conversations(n: int) -> list[list[dict]]:
-    """`n` conversations: the bundled summarization and chat samples (all splits), shuffled (seed 0), replicated."""
-    from unsloth_sft.config import DataConfig
-    from unsloth_sft.data import conversations, read_source
-
-    pool: list[list[dict]] = []
-    for source, task in (("sample:hindi-dialogsum", "summarization"), ("sample:chat", "chat")):
-        cfg = DataConfig(source=source, task=task)
-        for split in read_source(cfg).values():
-            pool.extend(conversations(split, task, cfg)[0])
-    rng = random.Random(0)
-    out: list[list[dict]] = []
-    while len(out) < n:
-        block = list(pool)
-        rng.shuffle(block)
-        out.extend(block)
-    return out[:n]
-
-
-class TokenCounter:
-    """Wraps a data collator; counts tensor slots, real (non-pad) tokens and supervised tokens of every batch.
-
-    `trained_positions`: the trainer computes logits only at columns that predict a trained token in some row
-    (`unsloth_sft.train.trained_positions`); otherwise at every position. `per_batch` keeps each batch's counts,
-    in the order the trainer drew them (a data loader may draw one batch beyond the last step).
-    """
-
-    def __init__(self, collator, pad_token_id: int, trained_positions: bool = False):
-        self.collator = collator
-        self.pad_token_id = pad_token_id
-        self.trained_positions = trained_positions
-        self.slots = self.real = self.supervised = self.batches = 0
-        self.per_batch: list[dict] = []
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        ids, labels = batch["input_ids"], batch["labels"]
-        real = ids != self.pad_token_id
-        counts = {
-            "slots": ids.numel(),
-            "real": int(real.sum()),
-            "supervised": int((labels[:, 1:] != -100).sum()),  # labels shift by one inside the loss
-        }
-        keep = (labels[:, 1:] != -100).any(dim=0)
-        if self.trained_positions and keep.any():  # logits at the kept columns of every row (pad rows included)
-            counts["logits"] = int(real[:, :-1][:, keep].sum())
-            counts["logits_slots"] = ids.shape[0] * int(keep.sum())
-        else:
-            counts["logits"], counts["logits_slots"] = counts["real"], ids.numel()
-        self.batches += 1
-        self.slots += counts["slots"]
-        self.real += counts["real"]
-        self.supervised += counts["supervised"]
-        self.per_batch.append(counts)
-        return batch
-
-
-def summed(batches: list[dict]) -> dict:
-    """Per-batch counts (TokenCounter.per_batch) added up key by key."""
-    keys = {k for b in batches for k in b}
-    return {k: sum(b.get(k, 0) for b in batches) for k in sorted(keys)}
 
 
 # ---------------------------------------------------------------- FLOPs and the matmul peak

@@ -1,6 +1,6 @@
 """Batched vs one-by-one greedy generation on a trained run (default: the demo run), same prompts and outputs.
 
-    python bench/generate.py --run runs/demo --params params/demo-cpu.yaml
+    python -m bench.generate --run runs/demo --params params/demo-cpu.yaml
 
 Writes bench/results/generate.json. Speed is measured here, never asserted in tests.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/demo")
     p.add_argument("--params", default="params/demo-cpu.yaml")
     p.add_argument("--batch-sizes", default="1,4,8,16")
@@ -22,11 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/generate.json")
     args = p.parse_args(argv)
 
-    from unsloth_sft.atomic import write_json
-    from unsloth_sft.config import load_config
-    from unsloth_sft.data import prepare
-    from unsloth_sft.evaluate import generate, prompts_for
-    from unsloth_sft.infer import load_run_model
+    from unsloth_sft.config.load import load_config
+    from unsloth_sft.core.files import write_json
+    from unsloth_sft.data.examples import prepare
+    from unsloth_sft.data.prompts import prompts_for
+    from unsloth_sft.evaluation.generate import generate
+    from unsloth_sft.models.load import load_run_model
 
     cfg = load_config(args.params)
     model, tokenizer = load_run_model(Path(args.run))

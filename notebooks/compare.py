@@ -41,7 +41,7 @@ direction = "auto"  # auto | minimize | maximize
 # %%
 from IPython.display import Image, Markdown, display
 
-from unsloth_sft.compare import compare
+from unsloth_sft import compare
 
 board = compare([sweep_dir], metric=metric, direction=direction)
 display(Markdown(board.markdown))

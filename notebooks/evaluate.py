@@ -54,8 +54,7 @@ _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before
 
 from IPython.display import Image, Markdown, display
 
-from unsloth_sft.evaluate import evaluate_run
-from unsloth_sft.notebooks import notebook_run
+from unsloth_sft import evaluate_run, notebook_run
 
 run, cfg = notebook_run(_given, _DEFINED, run_dir)  # the run's own config.yaml; a recipe given must agree with it
 print(f"evaluating {run} on {cfg.data.source}")

@@ -52,8 +52,7 @@ _DEFINED = set(dir())
 # %%
 _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
 
-from unsloth_sft.infer import load_run_model, prompt_for, run_task
-from unsloth_sft.notebooks import notebook_run
+from unsloth_sft import load_run_model, notebook_run, prompt_for, run_task
 
 run, cfg = notebook_run(_given, _DEFINED, run_dir)  # the run's own config.yaml: its task and template
 lm, tokenizer = load_run_model(run)
@@ -71,7 +70,7 @@ print(text)
 # %%
 from transformers import TextStreamer
 
-from unsloth_sft.evaluate import generate
+from unsloth_sft import generate
 
 streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 output = generate(lm, tokenizer, [text], cfg.eval, progress=False, streamer=streamer)[0]

@@ -77,8 +77,7 @@ _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before
 import yaml
 from IPython.display import Image, Markdown, display
 
-from unsloth_sft import evaluate, pipeline, preview, report
-from unsloth_sft.notebooks import notebook_config, side_by_side
+from unsloth_sft import evaluate_run, mark_trained, notebook_config, pipeline, run_summary, side_by_side
 
 run = pipeline.begin(notebook_config(_given, _DEFINED))
 cfg = run.cfg
@@ -112,7 +111,7 @@ print(pipeline.parameter_groups(run))
 # %%
 print(pipeline.load_data(run))
 example = run.data.train[0]
-print(preview.mark_trained(run.loaded.tokenizer, example["input_ids"], example["labels"]))
+print(mark_trained(run.loaded.tokenizer, example["input_ids"], example["labels"]))
 
 # %% [markdown]
 # ### Before training: three test dialogues
@@ -156,11 +155,11 @@ display(Markdown(side_by_side(before, after)))
 # %%
 if run_eval:
     pipeline.release(run)
-    print(evaluate.evaluate_run(cfg, run.folder)["summary"])
+    print(evaluate_run(cfg, run.folder)["summary"])
 
 # %% [markdown]
 # ### Summary
 # What the run did, where its adapter, merged model and loss curve are, and the commands that come next.
 
 # %%
-print(report.run_summary(run.folder))
+print(run_summary(run.folder))

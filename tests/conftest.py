@@ -18,7 +18,7 @@ os.environ.pop("HF_TOKEN", None)
 
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
-    from unsloth_sft.tiny import tiny_model_path
+    from unsloth_sft.models.tiny import tiny_model_path
 
     return tiny_model_path()
 
@@ -32,7 +32,7 @@ def tokenizer(tiny_path):
 
 def small_config(tmp_path: Path, *overrides: str, params: str | None = None):
     """A fast config on the tiny model in tmp_path (16-bit LoRA, few steps) plus dotted overrides."""
-    from unsloth_sft.config import load_config
+    from unsloth_sft.config.load import load_config
 
     base = [
         f"output_dir={tmp_path}",
@@ -49,3 +49,11 @@ def small_config(tmp_path: Path, *overrides: str, params: str | None = None):
         "export.save_methods=[lora]",
     ]
     return load_config(params, overrides=base + list(overrides))
+
+
+def load_model(cfg):
+    """The base with LoRA attached (unless fine-tuning fully), as the pipeline's load_base and add_lora stages do."""
+    from unsloth_sft.models.load import load_base
+    from unsloth_sft.models.lora import add_lora
+
+    return add_lora(cfg, load_base(cfg))

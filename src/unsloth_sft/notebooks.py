@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.config import RunConfig, check_secret, load_config
-from unsloth_sft.errors import ConfigError
-from unsloth_sft.runs import RunDir
+from unsloth_sft.config.load import check_secret, load_config
+from unsloth_sft.config.run import RunConfig
+from unsloth_sft.core.errors import ConfigError, RunError
+from unsloth_sft.runs.folder import RunDir
 
 SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
 SHORTCUTS = {"dataset": "data.source", "max_steps": "train.max_steps", "model_name": "model.name"}
@@ -63,7 +64,7 @@ def notebook_overrides(namespace: dict[str, Any]) -> list:
 def notebook_run(namespace: dict[str, Any], defined: set[str], run_dir: str | None = None) -> tuple[RunDir, RunConfig]:
     """For the evaluate and infer notebooks: the run folder (run_dir, else output_dir/run_name) and the config
     to use it with: its own config.yaml, which a recipe given as well must agree with (runconfig.run_config)."""
-    from unsloth_sft.runconfig import run_config
+    from unsloth_sft.runs.config import run_config
 
     given = notebook_config(namespace, defined)
     recipe = bool(_sections(namespace) or namespace.get("params_file"))  # else `given` is only the defaults
@@ -80,23 +81,32 @@ def side_by_side(before: list[dict], after: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, Any]) -> Path:
+    """papermill, headless, into `output` (its folder made first); a failing cell becomes one line naming the cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if not Path(notebook).is_file():
+        raise ConfigError(f"{notebook}: notebook not found (notebooks/train.ipynb, evaluate.ipynb, infer.ipynb)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name="python3",
+            language="python",
+            cwd=str(Path.cwd()),
+            progress_bar=False,
+        )
+    except PapermillExecutionError as err:
+        raise RunError(f"{err.ename}: {err.evalue} (in {output}, cell {err.exec_count})") from None
+    return output
+
+
 def run_notebook(notebook: str, params: str, overrides: list[str], output: str | None = None) -> Path:
     """Validate the config first (papermill only warns on bad parameters), then execute the notebook."""
-    import papermill
-
     cfg = load_config(params, overrides)
-    nb = Path(notebook)
-    if not nb.is_file():
-        raise ConfigError(f"{notebook}: notebook not found (notebooks/train.ipynb, evaluate.ipynb, infer.ipynb)")
-    out = Path(output) if output else cfg.run_dir / nb.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(nb),
-        str(out),
-        parameters={"params_file": str(Path(params).resolve()), "overrides": list(overrides)},
-        kernel_name="python3",
-        language="python",
-        cwd=str(Path.cwd()),
-        progress_bar=False,
-    )
-    return out
+    out = Path(output) if output else cfg.run_dir / Path(notebook).name
+    parameters = {"params_file": str(Path(params).resolve()), "overrides": list(overrides)}
+    return execute_notebook(notebook, out, parameters)

@@ -1,7 +1,8 @@
 """The training job as the stages the CLI and the training notebook share.
 
-begin (checks, no model) -> load_base -> add_lora -> load_data (and the run folder) -> fit -> finish (save).
-`start` is the first four; `run_training` is all of them. The notebook calls each stage in its own cell.
+begin (checks, no model) -> load_base -> add_lora -> load_data (and the run folder) -> fit -> finish (the export
+plan, then metrics.json). `start` is the first four; `run_training` is all of them. The notebook calls each stage
+in its own cell, and evaluates the run after `release` (`evaluation.evaluate.evaluate_run`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft import model, tasks
-from unsloth_sft.chat_templates import template_text
-from unsloth_sft.config import RunConfig, eval_strategy, save_config, source_names
-from unsloth_sft.data import Examples, PreparedData, check_trainable, has_test, load_examples, prepare
-from unsloth_sft.distributed import (
+from unsloth_sft import tasks
+from unsloth_sft.config.data import source_names
+from unsloth_sft.config.load import save_config
+from unsloth_sft.config.run import RunConfig
+from unsloth_sft.config.train import eval_strategy
+from unsloth_sft.core.errors import DataError
+from unsloth_sft.core.files import write_json
+from unsloth_sft.core.quiet import no_progress_bars
+from unsloth_sft.data.examples import PreparedData, check_trainable, has_test, load_examples, pick_examples, prepare
+from unsloth_sft.data.mix import mix_lines
+from unsloth_sft.data.rows import Examples
+from unsloth_sft.evaluation.generate import generate
+from unsloth_sft.export.plan import Live, check_methods, export
+from unsloth_sft.models import load, lora
+from unsloth_sft.models.backends import import_backend
+from unsloth_sft.models.chat_templates import template_text
+from unsloth_sft.models.gguf import model_source
+from unsloth_sft.models.load import LoadedModel
+from unsloth_sft.models.params import format_groups, params_by_group
+from unsloth_sft.models.sources import resolve_model_path
+from unsloth_sft.runs.folder import RunDir
+from unsloth_sft.training.distributed import (
     check_launch,
     from_main,
     init_distributed,
@@ -23,26 +41,10 @@ from unsloth_sft.distributed import (
     save_sharded,
     world_size,
 )
-from unsloth_sft.errors import DataError
-from unsloth_sft.export import (
-    check_gguf_tools,
-    export_unsloth,
-    merge_adapter,
-    model_card,
-    push_folder,
-    save_adapter,
-    save_full,
-    unsloth_only,
-    verify_exports,
-    write_card,
-)
-from unsloth_sft.gguf_models import model_source
-from unsloth_sft.mix import mix_lines
-from unsloth_sft.model import LoadedModel, format_groups, params_by_group, resolve_model_path
-from unsloth_sft.quiet import import_backend, no_progress_bars
-from unsloth_sft.runs import RunDir, write_json
-from unsloth_sft.tracking import trackers
-from unsloth_sft.train import build_trainer, environment, loss_history, plot_loss, train
+from unsloth_sft.training.loop import loss_history, train
+from unsloth_sft.training.outputs import environment, plot_loss
+from unsloth_sft.training.tracking import trackers
+from unsloth_sft.training.trainer import build_trainer
 
 
 @dataclass
@@ -68,8 +70,6 @@ def begin(cfg: RunConfig) -> Run:
     data.task is resolved. Nothing is written: every input error stops here, in seconds, not after a model load.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
-    if "gguf" in cfg.export.save_methods:
-        check_gguf_tools(cfg)  # a missing converter or quantizer says so now, not after training
     folder = RunDir(cfg.run_dir)
     if is_main_process():
         folder.check(cfg)
@@ -79,6 +79,7 @@ def begin(cfg: RunConfig) -> Run:
         cfg = cfg.with_sources(examples.sources)
     check_eval_data(cfg, examples)
     backend = import_backend(cfg.model.backend)  # unsloth before anything imports transformers (trackers, model path)
+    check_methods(cfg.export.save_methods, cfg, backend=backend)  # a missing GGUF converter: now, not after training
     if cfg.model.chat_template:
         template_text(cfg.model.chat_template, backend)  # a bad name or file fails before the model loads
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
@@ -94,7 +95,7 @@ def load_base(run: Run) -> str:
     with main_first():
         resolve_model_path(run.cfg.model.name)
     with no_progress_bars():  # a bad max_seq_length stays the only line on stderr
-        run.loaded = model.load_base(run.cfg)
+        run.loaded = load.load_base(run.cfg)
     lm = run.loaded
     return f"{lm.backend} backend | {lm.path} | {lm.total_params:,} parameters"
 
@@ -102,7 +103,7 @@ def load_base(run: Run) -> str:
 def add_lora(run: Run) -> str:
     """Stage 3: LoRA adapters on the target modules (none for finetune: full). Returns one line."""
     with no_progress_bars():  # a bad target_modules stays the only line on stderr
-        run.loaded = model.add_lora(run.cfg, run.loaded)
+        run.loaded = lora.add_lora(run.cfg, run.loaded)
     lm = run.loaded
     return (
         f"{lm.backend} backend | {lm.path} | trainable {lm.trainable_params:,} of {lm.total_params:,} parameters "
@@ -137,8 +138,7 @@ def load_data(run: Run) -> str:
         )
         if run.data.mix:  # the shares the mix came to, beside the weights that asked for them
             header = "\n".join([header, "data mix:", *mix_lines(run.data.mix)]).strip("\n")
-        save_config(cfg, folder / ".config.yaml.tmp", header)
-        (folder / ".config.yaml.tmp").replace(folder.config_file)
+        save_config(cfg, folder.config_file, header)
         write_json(folder.environment_file, {**environment(), "model_source": source})
     run.resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run.set_aside = aside
@@ -159,17 +159,16 @@ def start(cfg: RunConfig) -> Run:
 
 
 def quick_generation(run: Run, n: int = 3) -> list[dict]:
-    """The model's greedy answers, as it is now, to the first n test examples (training ones without a test
-    split), with the recipe's eval settings: [{"prompt", "reference", "output"}]; none for raw text."""
-    from unsloth_sft.evaluate import generate, prompts_for
-
+    """The model's greedy answers, as it is now, to the run's first n examples (`pick_examples`: the test split,
+    else training), with the recipe's eval settings: [{"prompt", "reference", "output"}]; none for raw text."""
     d, lm = run.data, run.loaded
     if tasks.get(d.task).metrics is None:  # raw text: nothing to answer
         return []
-    examples = d.test_conversations[:n] or d.train_conversations[:n]
-    prompts = prompts_for(lm.tokenizer, examples, d.template)
+    picked = pick_examples(run.examples, n)
+    prompts = picked.prompts(lm.tokenizer, d.template)
     outputs = generate(lm.model, lm.tokenizer, prompts, run.cfg.eval, lm.backend)
-    return [{"prompt": p, "reference": c[-1]["content"], "output": o} for p, c, o in zip(prompts, examples, outputs)]
+    references = [c[-1]["content"] for c in picked.conversations]
+    return [{"prompt": p, "reference": r, "output": o} for p, r, o in zip(prompts, references, outputs)]
 
 
 def no_test_split(cfg: RunConfig) -> str:
@@ -181,7 +180,7 @@ def no_test_split(cfg: RunConfig) -> str:
 
 def check_eval_data(cfg: RunConfig, examples) -> None:
     """Evaluation during training has test examples to score, and train.eval_metric suits the task."""
-    from unsloth_sft.evaluate import check_eval_metric
+    from unsloth_sft.evaluation.evaluate import check_eval_metric
 
     if eval_strategy(cfg.train) == "no":
         return
@@ -211,7 +210,7 @@ def fit(run: Run) -> dict:
     evaluating = eval_strategy(cfg.train) != "no"
     callbacks = []
     if cfg.train.eval_metric:
-        from unsloth_sft.evaluate import generation_metric_callback
+        from unsloth_sft.evaluation.evaluate import generation_metric_callback
 
         callbacks.append(
             generation_metric_callback(cfg, tok, d.test_conversations, d.template, d.task, run.loaded.backend)
@@ -253,7 +252,8 @@ def fit(run: Run) -> dict:
 
 
 def finish(run: Run) -> dict:
-    """Save adapter / merged weights / cards / loss curve, then metrics.json last (it marks the run finished).
+    """Stage 6: the loss curve, then the export plan (adapter / merged weights / GGUF / cards / check / Hub, as
+    export.save_methods says), then metrics.json last (it marks the run finished).
 
     Rank 0 writes everything; the other ranks only join the weight gather of FSDP / ZeRO-3, then return.
     """
@@ -268,33 +268,16 @@ def finish(run: Run) -> dict:
         best = (run.metrics.get("best") or {}).get("step")
         title = f"{cfg.run_name}: {'training and eval' if evals else 'training'} loss"
         plot_loss(history, folder.loss_plot, title=title, evals=evals, best=best)
-    methods = cfg.export.save_methods
-    exported = {}
-    if cfg.finetune != "full":
-        path = sharded or save_adapter(lm.model, lm.tokenizer, folder.adapter)
-        write_card(path, model_card(cfg, run.metrics, None, "lora"), cfg)
-        exported["lora"] = str(path)
-        if "merged_16bit" in methods:
-            path = merge_adapter(lm.path, path, folder.merged, cfg.export.max_shard_size)
-            write_card(path, model_card(cfg, run.metrics, None, "merged"), cfg)
-            exported["merged_16bit"] = str(path)
-    else:
-        path = sharded or save_full(lm.model, lm.tokenizer, folder.merged, cfg.export.max_shard_size)
-        write_card(path, model_card(cfg, run.metrics, None, "merged"), cfg)
-        exported["merged_16bit"] = str(path)
-    if "merged_4bit_forced" in methods:  # unsloth's saver, from the live model on a GPU only
-        unsloth_only("merged_4bit_forced", lm.backend)
-        exported["merged_4bit_forced"] = str(
-            export_unsloth(lm.model, lm.tokenizer, "merged_4bit_forced", folder / "merged_4bit_forced")
-        )
-    if "gguf" in methods and not folder.has_merged:  # llama.cpp converts the merged folder
-        merge_adapter(lm.path, folder.adapter, folder.merged, cfg.export.max_shard_size)
-        exported["merged_16bit"] = str(folder.merged)
-    exported.update(verify_exports(folder, cfg, methods, run.metrics))
-    if cfg.export.push_to_hub:
-        pushed = Path(exported.get("merged_16bit") or exported["lora"])
-        exported["hub"] = push_folder(pushed, cfg.export.push_to_hub, cfg.export.private)
-    run.metrics["exported"] = exported
+    live = Live(lm.model, lm.tokenizer, lm.backend, lm.path, sharded)
+    run.metrics["exported"] = export(
+        folder,
+        cfg,
+        cfg.export.save_methods,
+        live,
+        run.metrics,
+        push_to_hub=cfg.export.push_to_hub,
+        private=cfg.export.private,
+    )
     write_json(folder.metrics_file, run.metrics)
     RunDir.drop(run.set_aside)  # the new run is complete: the one it replaced can go
     return run.metrics

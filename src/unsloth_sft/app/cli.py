@@ -1,0 +1,118 @@
+"""`unsloth-sft`: the notebook jobs without a notebook. The parser is here; each command is one function in
+`commands` (parse, load config, call the library)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from unsloth_sft.app.commands import COMMANDS
+from unsloth_sft.core.errors import SFTError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unsloth-sft", description="Supervised fine-tuning with Unsloth, TRL and peft.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_params(name: str, help: str, before: tuple[str, str] | None = None, optional: bool = False):
+        s = sub.add_parser(name, help=help)
+        if before:  # a positional that comes before PARAMS on the command line
+            s.add_argument(before[0], help=before[1])
+        s.add_argument("params", nargs="?" if optional else None, help="a params YAML file (see params/)")
+        s.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.max_steps=5 (repeatable)",
+        )
+        return s
+
+    with_params("train", "train a model (the training notebook's job)")
+    s = with_params(
+        "notebook",
+        "validate the config, then run a notebook headless with papermill",
+        before=("notebook", "notebooks/train.ipynb, evaluate.ipynb or infer.ipynb"),
+    )
+    s.add_argument("--output", help="executed notebook path (default: RUN_DIR/NOTEBOOK)")
+    s = with_params("preview", "print formatted examples with the trained span marked")
+    s.add_argument("-n", type=int, default=3, help="how many examples")
+    s = with_params("eval", "score the base and the tuned model on a run's test split (or --data)", optional=True)
+    s.add_argument("--run", help="run folder (default: output_dir/run_name from the params); its config.yaml is used")
+    s.add_argument("--data", help="score on this file instead, every row a test example, shaped as the run's task")
+    s = sub.add_parser("infer", help="generate for each line of a JSONL file")
+    s.add_argument("--run", help="a run folder: its merged model (or base + adapter), task and template")
+    s.add_argument("--model", help="model folder or Hub id (the base, with --adapter)")
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. RUN_DIR/adapter)")
+    s.add_argument(
+        "--input",
+        required=True,
+        help='JSONL, one JSON value a line: a "prompt string", {"messages": [...]}, or the dataset\'s columns',
+    )
+    s.add_argument("--output", required=True, help="JSONL to write")
+    s.add_argument("--params", help="params YAML whose template and generation settings to use")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s = sub.add_parser("export", help="export a finished run: adapter, merged_16bit, Hub push")
+    s.add_argument("run_dir", help="the run folder")
+    s.add_argument(
+        "--method", action="append", default=[], help="lora, merged_16bit, merged_4bit_forced, gguf (repeatable)"
+    )
+    s.add_argument(
+        "--quant",
+        metavar="TYPES",
+        help="gguf types, comma-separated (default: the run's export.gguf_quant): f16,q8_0 need nothing more; "
+        "q4_k_m etc. need llama.cpp's llama-quantize",
+    )
+    s.add_argument("--push-to-hub", metavar="USER/REPO", help="upload the exported folder (token from HF_TOKEN)")
+    s.add_argument("--private", action="store_true", help="create the Hub repo private")
+    s.add_argument("--token", help=argparse.SUPPRESS)  # refused below with the reason
+    s = sub.add_parser("chat", help="a playground page on 127.0.0.1: base and tuned answer side by side (Gradio)")
+    s.add_argument("run_dir", help="a finished run folder (runs/NAME)")
+    s.add_argument("--port", type=int, default=7860, help="local port to serve on (default 7860)")
+    _sweep_parsers(sub, with_params)
+    return p
+
+
+def _sweep_parsers(sub, with_params) -> None:
+    """`sweep` (many variants of one recipe) and `compare` (a leaderboard of runs)."""
+    s = with_params("sweep", "train many variants of a recipe (a grid, or --search optuna), then compare them")
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values of a config key to sweep (repeatable); with --search optuna also LOW:HIGH[:log]",
+    )
+    s.add_argument("--seeds", type=int, help="repeat every variant with train.seed 1..N")
+    s.add_argument("--search", choices=["grid", "optuna"], help="grid (default): every combination; optuna: TPE")
+    s.add_argument("--trials", type=int, help="optuna: trials in the study (a rerun runs only the missing ones)")
+    s.add_argument("--metric", help="sort (and optimize) by this metric (default eval_loss)")
+    s.add_argument("--direction", choices=["auto", "minimize", "maximize"], help="auto: minimize losses")
+    s.add_argument("--parallel", type=int, help="variants at once (default 1)")
+    s.add_argument("--notebook", help="run each variant through this notebook with papermill (else the CLI path)")
+    s.add_argument("--no-eval", dest="evaluate", action="store_false", default=None, help="train only")
+    s.add_argument("--out", dest="dir", help="the sweep folder (default OUTPUT_DIR/RUN_NAME-sweep)")
+    s = sub.add_parser("compare", help="leaderboard (markdown, CSV) and plots of runs or sweep folders")
+    s.add_argument("paths", nargs="+", help="run folders, or folders of runs (a sweep folder)")
+    s.add_argument("--metric", help="sort by this metric (default: the sweep's, else eval_loss)")
+    s.add_argument("--direction", choices=["auto", "minimize", "maximize"], default="auto")
+    s.add_argument("--out", help="where the leaderboard goes (default: the one folder given)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SFTError as err:
+        print(f"unsloth-sft: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("unsloth-sft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Third-party chatter kept off stderr, where only our one-line errors belong, and loading bars kept out of logs."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+# bitsandbytes tries to fetch an optional CPU kernel from the Hub when it is imported on AVX512-BF16 CPUs and
+# logs a warning when it cannot (offline, or no `kernels` package); its own fallback kernel is then used.
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+@contextlib.contextmanager
+def stderr_to_stdout() -> Iterator[None]:
+    """Python-level writes to stderr (notices, warnings) go to stdout meanwhile: a log still has them, and a
+    bad-input error stays the only line on stderr."""
+    with contextlib.redirect_stderr(sys.stdout):
+        yield
+
+
+@contextlib.contextmanager
+def no_progress_bars(transformers: bool = True) -> Iterator[None]:
+    """Loading bars off (transformers' "Loading weights", datasets' "Saving the dataset"), restored after.
+
+    transformers=False leaves transformers alone (and unimported: unsloth may still have to come first).
+    """
+    import datasets
+
+    restore = []
+    if transformers:
+        from transformers.utils import logging as hf_logging
+
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            restore.append(hf_logging.enable_progress_bar)
+    if datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        restore.append(datasets.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()

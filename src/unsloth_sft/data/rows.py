@@ -1,0 +1,157 @@
+"""Rows -> conversations: each row of a source as one {role, content} conversation in its task's shape; one source's
+examples read, split, detected and shaped (no tokenizer needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from unsloth_sft import tasks
+from unsloth_sft.config.data import DataConfig
+from unsloth_sft.config.run import RunConfig
+from unsloth_sft.core.errors import DataError
+from unsloth_sft.data.columns import check_columns, detect_task, resolve_columns
+from unsloth_sft.data.sources import Split, train_test
+
+ROLES = ("system", "user", "assistant")
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+
+def from_sharegpt(value: list, col: str, where: str) -> list:
+    """ShareGPT turns ({from: human|gpt|system, value}) as {role, content}; a new list, the row stays as read.
+
+    TRL's maybe_convert_to_chatml renames the keys but keeps human/gpt, and importing trl here, before the
+    pipeline imports unsloth, would cost unsloth's patches; so the rename is these few lines.
+    """
+    out = []
+    for i, m in enumerate(value):
+        if isinstance(m, dict) and "from" in m:
+            if m["from"] not in SHAREGPT_ROLES:
+                raise DataError(
+                    f"{where}: {col}[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}; "
+                    "fix or drop the turn"
+                )
+            m = {"role": SHAREGPT_ROLES[m["from"]], **({"content": m["value"]} if "value" in m else {})}
+        out.append(m)
+    return out
+
+
+def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError(
+            f"{where}: '{col}' must be a non-empty list of {{role, content}} (or ShareGPT {{from, value}}), "
+            f"got {type(value).__name__}"
+        )
+    if any(isinstance(m, dict) and "from" in m for m in value):
+        value = from_sharegpt(value, col, where)
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: {col}[{i}] must be an object with 'role' and 'content' (or 'from' and 'value')")
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: {col}[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise DataError(f"{where}: {col}[{i}].content must be text, got {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _text(row: dict, col: str, where: str) -> str:
+    value = row.get(col)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: column '{col}' must be text, got {type(value).__name__}")
+    return str(value)
+
+
+def to_messages(
+    row: dict, task: str, cols: dict[str, str], cfg: DataConfig, where: str, require_answer: bool = True
+) -> list[dict] | None:
+    """One row as a conversation; None when its answer is empty (the caller skips and counts it).
+
+    With require_answer=False (inference) the conversation ends before the answer instead.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
+    record = tasks.get(task)
+    missing = [c for f, c in cols.items() if c not in row and f not in record.optional]
+    if missing:
+        raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
+    if record.shape == "messages":
+        messages = _check_messages(row[cols[record.fields[0]]], where, cols[record.fields[0]])
+        if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            return None
+    else:
+        answer = _text(row, cols[record.answer], where) if record.answer in cols else ""
+        if require_answer and not answer.strip():
+            return None
+        values = {f: _text(row, c, where) for f, c in cols.items() if f != record.answer}
+        messages = [{"role": "user", "content": record.prompt(values, cfg)}]
+        if answer.strip():
+            messages.append({"role": "assistant", "content": answer})
+    if cfg.system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": cfg.system_prompt}, *messages]
+    return messages
+
+
+def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[dict]], int]:
+    """All rows of a split as conversations, and how many were skipped for an empty answer."""
+    if not split.rows:
+        return [], 0
+    columns = list(split.rows[0]) if isinstance(split.rows[0], dict) else []
+    cols = resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
+    out, skipped = [], 0
+    for row, where in zip(split.rows, split.where):
+        messages = to_messages(row, task, cols, cfg, where)
+        if messages is None:
+            if not cfg.skip_empty:
+                raise DataError(f"{where}: the answer is empty; fill it in or set data.skip_empty: true")
+            skipped += 1
+        else:
+            out.append(messages)
+    return out, skipped
+
+
+@dataclass
+class Examples:
+    """A source read and shaped, not yet tokenized: every data error shows up here, before a model loads."""
+
+    task: str
+    train: Split
+    test: Split | None
+    train_conversations: list[list[dict]] = field(default_factory=list)
+    test_conversations: list[list[dict]] = field(default_factory=list)
+    skipped: int = 0
+    text_column: str | None = None  # raw text only
+    mix: list[dict] = field(default_factory=list)  # data.sources: per source its task, examples, share (mix.py)
+    sources: list | None = None  # data.sources with each task resolved (saved in config.yaml)
+
+
+def source_examples(cfg: RunConfig) -> Examples:
+    """One source (data.source) read, split, its task detected, its rows turned into conversations."""
+    d = cfg.data
+    check_columns(d)
+    train, test = train_test(d, cfg.train.seed)
+    first = train.rows[0]
+    if not isinstance(first, dict):
+        raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
+    origin = train.where[0].rsplit(" ", 2)[0]
+    task = detect_task(list(first), d, origin, rows=train.rows)
+    if tasks.get(task).shape == "blocks":
+        col = resolve_columns(list(first), d, task, origin)[tasks.get(task).fields[0]]
+        for row, where in zip(train.rows, train.where):
+            _text(row, col, where)
+        return Examples(task, train, test, text_column=col)
+    train_convs, skipped = conversations(train, task, d)
+    if not train_convs:
+        raise DataError(
+            f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns"
+        )
+    test_convs: list[list[dict]] = []
+    if test is not None and test.rows:
+        test_convs, test_skipped = conversations(test, task, d)
+        skipped += test_skipped
+    return Examples(task, train, test, train_convs, test_convs, skipped)

@@ -1,0 +1,169 @@
+"""The one export dispatcher: what to save, in which order, from the live training model or a saved run folder.
+
+Training's last stage (`pipeline.finish`) and `unsloth-sft export RUN` both call `export`. The order is fixed:
+the trained weights (adapter/, or merged/ for a full fine-tune), merged/ from the adapter when a method needs it,
+unsloth's 4-bit save, the model cards, the export check (merged/ against the adapter, then each GGUF written and
+checked against merged/), and last the Hub push. Everything that can refuse an export does so before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config.run import RunConfig
+from unsloth_sft.config.types import SAVE_METHODS
+from unsloth_sft.core.errors import ConfigError, ModelError, RunError
+from unsloth_sft.core.files import write_json
+from unsloth_sft.export import check as C
+from unsloth_sft.export.card import gguf_card, model_card, write_card
+from unsloth_sft.export.gguf import check_quants, export_gguf, llama_cpp_dir
+from unsloth_sft.export.hub import push_folder
+from unsloth_sft.export.weights import (
+    FORCED_4BIT_WHY,
+    export_unsloth,
+    merge_adapter,
+    save_adapter,
+    save_full,
+    unsloth_only,
+)
+from unsloth_sft.runs.folder import MERGED_4BIT, RunDir
+
+
+@dataclass
+class Live:
+    """The model training has just finished: only training can save from it (and only it can do merged_4bit_forced)."""
+
+    model: Any
+    tokenizer: Any
+    backend: str  # "unsloth" or "transformers"
+    base_path: str  # where its base weights came from (a folder or Hub id), for the merge
+    sharded: Path | None = None  # FSDP / ZeRO-3: the weights Trainer.save_model gathered, already in place
+
+
+def check_gguf_tools(cfg: RunConfig) -> None:
+    """The converter, and llama-quantize when a quantization needs it: one line each on how to get them."""
+    check_quants(cfg.export.gguf_quant, llama_cpp_dir())
+
+
+def check_methods(methods: list[str], cfg: RunConfig, run: RunDir | None = None, backend: str | None = None) -> None:
+    """Refuse what this export cannot do, before any work: an unknown method, unsloth's 4-bit save outside a live
+    unsloth model on a GPU (`backend` None: a saved run), an adapter a run does not have, missing GGUF tools."""
+    for method in methods:
+        if method not in SAVE_METHODS:
+            raise ConfigError(f"--method {method}: not one of {', '.join(SAVE_METHODS)}")
+    if "merged_4bit_forced" in methods:
+        if backend is None:
+            raise RunError(
+                f"{FORCED_4BIT_WHY}, and {run} is a saved run; set export.save_methods: [lora, merged_4bit_forced] for "
+                "a training run on a GPU, or use merged_16bit, or gguf with export.gguf_quant: [q4_k_m] for a 4-bit file"
+            )
+        unsloth_only("merged_4bit_forced", backend)
+    if run is not None and "lora" in methods and not run.has_adapter:
+        raise ModelError(f"{run}: no adapter/ in this run (full fine-tuning or unfinished); use merged_16bit")
+    if run is not None and "merged_16bit" in methods and run.kind is None:
+        raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
+    if "gguf" in methods:
+        check_gguf_tools(cfg)
+
+
+def export(
+    run: RunDir | str | Path,
+    cfg: RunConfig,
+    methods: list[str],
+    live: Live | None = None,
+    metrics: dict | None = None,
+    eval_metrics: dict | None = None,
+    push_to_hub: str | None = None,
+    private: bool = True,
+) -> dict[str, str]:
+    """Save what `methods` ask for into the run folder, check it, push it; returns {method: folder} (and "hub").
+
+    With `live` (training), the trained weights are always saved: the adapter, or merged/ for a full fine-tune.
+    Without it (a saved run), what is there is used, and merged/ is made from adapter/ when asked for.
+    """
+    from unsloth_sft.models.sources import resolve_model_path
+
+    run = RunDir.of(run)
+    check_methods(methods, cfg, None if live else run, live.backend if live else None)
+    out: dict[str, str] = {}
+    if live is not None and cfg.finetune == "full":
+        path = live.sharded or save_full(live.model, live.tokenizer, run.merged, cfg.export.max_shard_size)
+        out["merged_16bit"] = str(path)
+    elif live is not None:
+        out["lora"] = str(live.sharded or save_adapter(live.model, live.tokenizer, run.adapter))
+    elif "lora" in methods:
+        out["lora"] = str(run.adapter)
+    # merged/ from the adapter: when asked, or for llama.cpp's converter (again after training: a fresh adapter)
+    remerge = live is not None or not run.has_merged
+    if run.has_adapter and ("merged_16bit" in methods or ("gguf" in methods and remerge)):
+        base = live.base_path if live is not None else resolve_model_path(cfg.model.name)
+        out["merged_16bit"] = str(merge_adapter(base, run.adapter, run.merged, cfg.export.max_shard_size))
+    elif "merged_16bit" in methods and run.has_merged:
+        out["merged_16bit"] = str(run.merged)
+    if "merged_4bit_forced" in methods:  # unsloth's saver, from the live model (check_methods made sure)
+        out["merged_4bit_forced"] = str(
+            export_unsloth(live.model, live.tokenizer, "merged_4bit_forced", run / MERGED_4BIT)
+        )
+    if "lora" in out:
+        write_card(run.adapter, model_card(cfg, metrics, eval_metrics, "lora"), cfg)
+    if "merged_16bit" in out:
+        write_card(run.merged, model_card(cfg, metrics, eval_metrics, "merged"), cfg)
+    out.update(verify(run, cfg, methods, metrics, eval_metrics))
+    if push_to_hub:
+        pushed = Path(out.get("merged_16bit") or out.get("lora") or run.adapter)
+        out["hub"] = push_folder(pushed, push_to_hub, private)
+    return out
+
+
+def verify(run: RunDir, cfg: RunConfig, methods: list[str], metrics=None, eval_metrics=None) -> dict[str, str]:
+    """export_check.json: merged/ against the adapter (the export fails beyond export.check_min_agreement), then
+    each GGUF written (gguf/, with a Modelfile and a card) and checked against merged/. Returns {"gguf": folder}."""
+    from transformers import AutoTokenizer
+
+    from unsloth_sft.models.sources import resolve_model_path
+
+    if not ({"merged_16bit", "gguf"} & set(methods)) or not run.has_merged:
+        return {}
+    tokenizer = AutoTokenizer.from_pretrained(run.merged)
+    prompts, template = C.eval_prompts(cfg, tokenizer, cfg.export.check_prompts)
+    check: dict = {"prompts": len(prompts), "max_new_tokens": C.CHECK_MAX_NEW_TOKENS, "merged_vs_adapter": None}
+    problem = None
+    base_path = resolve_model_path(cfg.model.name)
+    if run.has_adapter:
+        check["merged_vs_adapter"], problem = C.check_merged(
+            base_path, run.adapter, run.merged, tokenizer, prompts, cfg.export.check_min_agreement
+        )
+    else:
+        check["note"] = "full fine-tune: merged/ is the trained model itself, there is no adapter to compare"
+    write_json(run.export_check_file, check)
+    C.fail_if(problem)
+    out = {}
+    if "gguf" in methods:
+        merged_model = C.load_float32(run.merged)
+        check["gguf"], problem = export_gguf(
+            run.merged, run.gguf_dir, cfg, tokenizer, template, prompts, merged_model, base_path
+        )
+        write_json(run.export_check_file, check)
+        C.fail_if(problem)
+        write_card(run.gguf_dir, gguf_card(cfg, check, sorted(check["gguf"])), cfg)
+        out["gguf"] = str(run.gguf_dir)
+    card = model_card(cfg, metrics, eval_metrics, "merged")
+    write_card(run.merged, card + "\n## Export check\n\n" + C.check_table(check) + "\n", cfg)
+    return out
+
+
+def export_run(
+    run: RunDir | str | Path,
+    methods: list[str],
+    push_to_hub: str | None = None,
+    private: bool = False,
+    quant: list[str] | None = None,
+) -> dict[str, str]:
+    """`unsloth-sft export RUN`: export a finished run folder with its own config (`quant` overriding
+    export.gguf_quant), its metrics and its evaluation in the cards."""
+    run = RunDir.of(run)
+    cfg = run.config([f"export.gguf_quant=[{', '.join(quant)}]"] if quant else None)
+    eval_metrics = (run.eval_metrics() or {}).get("metrics")
+    return export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)

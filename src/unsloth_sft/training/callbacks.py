@@ -1,0 +1,103 @@
+"""Trainer callbacks: memory figures (GPU reserved/peak the way Unsloth's notebooks report them; CPU peak RSS) and
+the stop at a NaN loss."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+
+from transformers import TrainerCallback
+
+GIB = 1024**3
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def memory_stats() -> dict:
+    """Current memory: GPU name/total/reserved/peak in GiB when CUDA is present, always peak RSS."""
+    import torch
+
+    stats = {"peak_rss_mb": peak_rss_mb(), "rank": int(os.environ.get("RANK", 0))}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        stats.update(
+            gpu=props.name,
+            gpu_total_gb=round(props.total_memory / GIB, 3),
+            gpu_reserved_gb=round(torch.cuda.memory_reserved() / GIB, 3),
+            gpu_peak_reserved_gb=round(torch.cuda.max_memory_reserved() / GIB, 3),
+        )
+    return stats
+
+
+class MemoryCallback(TrainerCallback):
+    """Records memory at the start and end of training; `report` holds the figures afterwards."""
+
+    def __init__(self, verbose: bool = True):
+        self.verbose = verbose
+        self.start: dict = {}
+        self.report: dict = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = memory_stats()
+        if self.verbose and "gpu" in self.start:
+            s = self.start
+            print(f"GPU = {s['gpu']}. Max memory = {s['gpu_total_gb']} GB.")
+            print(f"{s['gpu_reserved_gb']} GB of memory reserved.")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        end = memory_stats()
+        report = {"peak_rss_mb": end["peak_rss_mb"], "rank": end["rank"]}
+        if "gpu" in end:
+            total, start, peak = (
+                end["gpu_total_gb"],
+                self.start.get("gpu_reserved_gb", 0.0),
+                end["gpu_peak_reserved_gb"],
+            )
+            report.update(
+                gpu=end["gpu"],
+                gpu_total_gb=total,
+                gpu_reserved_at_start_gb=start,
+                gpu_peak_reserved_gb=peak,
+                gpu_peak_for_training_gb=round(peak - start, 3),
+                gpu_peak_pct=round(100 * peak / total, 2),
+                gpu_training_pct=round(100 * (peak - start) / total, 2),
+            )
+        self.report = report
+        if self.verbose:
+            print(format_memory(report))
+
+
+def format_memory(report: dict) -> str:
+    """The memory report as Unsloth's notebooks print it (GPU), or peak RSS (CPU)."""
+    if "gpu" in report:
+        return (
+            f"Peak reserved memory = {report['gpu_peak_reserved_gb']} GB ({report['gpu_peak_pct']} % of "
+            f"{report['gpu_total_gb']} GB on {report['gpu']}); for training = {report['gpu_peak_for_training_gb']} GB "
+            f"({report['gpu_training_pct']} %). Peak RSS = {report['peak_rss_mb']} MiB."
+        )
+    return f"No GPU: peak RSS = {report['peak_rss_mb']} MiB (rank {report.get('rank', 0)})."
+
+
+def nan_callback():
+    from transformers import TrainerCallback
+
+    class StopOnNaN(TrainerCallback):
+        """Stops at the first NaN/inf loss, before a checkpoint of the broken weights can be saved."""
+
+        def __init__(self):
+            self.bad_step: int | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss) and self.bad_step is None:
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False
+
+    return StopOnNaN()

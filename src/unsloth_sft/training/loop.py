@@ -1,0 +1,144 @@
+"""Training a built trainer (resuming when asked) and the run's metrics: runtime, tokens, losses, why it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unsloth_sft.config.run import RunConfig
+from unsloth_sft.config.train import best_metric_name, load_best
+from unsloth_sft.core.errors import RunError
+from unsloth_sft.training.distributed import gather, is_main_process, world_size
+
+
+def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str, Any]:
+    """Run training (resuming when given a checkpoint) and return the run's metrics as a plain dict."""
+    from unsloth_sft.training.callbacks import MemoryCallback, nan_callback  # transformers: imported late
+
+    memory = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryCallback)), None)
+    if memory is None:
+        memory = MemoryCallback(verbose=is_main_process() and world_size() == 1)  # several: all ranks below
+        trainer.add_callback(memory)
+    nan = nan_callback() if cfg.train.stop_on_nan else None
+    if nan is not None:
+        trainer.add_callback(nan)
+    resumed = {}
+    if resume_from is not None:
+        resumed = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        if is_main_process():
+            print(f"Resuming from {resume_from} (step {resumed.get('global_step')})")
+    done = resumed and cfg.train.max_steps is not None and int(resumed.get("global_step") or 0) >= cfg.train.max_steps
+    stopped = (resumed.get("stateful_callbacks") or {}).get("TrainerControl", {}).get("args", {})
+    done = done or bool(stopped.get("should_training_stop"))  # early stopping had ended it before the interruption
+    if done:  # transformers 5.17, resumed at its last step, takes one step beyond max_steps: nothing is left to train
+        output = restore_finished(trainer, Path(resume_from), load_best(cfg.train))
+        memory.on_train_end(trainer.args, trainer.state, trainer.control)
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if nan is not None and nan.bad_step is not None:
+        raise RunError(
+            f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
+            "lower train.learning_rate or check the data"
+        )
+    metrics = run_metrics(cfg, trainer, output, memory.report, resumed)
+    metrics.update(stop_summary(cfg, trainer))
+    metrics["memory_per_rank"] = gather(memory.report)  # collective: every rank reaches it after train()
+    if is_main_process() and len(metrics["memory_per_rank"]) > 1:
+        from unsloth_sft.training.callbacks import format_memory
+
+        for report in metrics["memory_per_rank"]:
+            print(format_memory(report))
+    return metrics
+
+
+def restore_finished(trainer, checkpoint: Path, best: bool = False):
+    """A checkpoint at the run's last step, restored without training: its weights and state, a 0 s runtime;
+    with `best` (load_best_model_at_end), then the best checkpoint's weights, as the end of trainer.train loads them."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))  # the adapter (or full) weights, as trainer.train would load them
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    for callback in trainer.callback_handler.callbacks:  # early stopping's counter, which stop_summary reads
+        saved = trainer.state.stateful_callbacks.get(type(callback).__name__)
+        if isinstance(saved, dict) and hasattr(callback, "early_stopping_patience_counter"):
+            callback.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+    if best and trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).is_dir():
+        trainer._load_best_model()
+    return TrainOutput(trainer.state.global_step, None, {"train_runtime": 0.0})
+
+
+def run_metrics(cfg: RunConfig, trainer, output, memory: dict, resumed: dict | None = None) -> dict[str, Any]:
+    """Runtime, steps, tokens, loss summary and memory for metrics.json.
+
+    After a resume, runtime and tokens/s cover this process's steps only (`resumed`: the checkpoint's
+    trainer_state), so a rerun that had nothing left to train reports no speed instead of an absurd one.
+    """
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    runtime = output.metrics.get("train_runtime", 0.0)
+    tokens = int(state.num_input_tokens_seen or 0)
+    resumed = resumed or {}
+    new_steps = state.global_step - int(resumed.get("global_step") or 0)
+    new_tokens = tokens - int(resumed.get("num_input_tokens_seen") or 0)
+    batch = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
+    return {
+        "run_name": cfg.run_name,
+        "runtime_s": round(runtime, 3),
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0.0, 4),
+        "tokens_seen": tokens,
+        "steps_this_run": new_steps,
+        "resumed_at_step": resumed.get("global_step"),
+        "tokens_per_s": round(new_tokens / runtime, 1) if runtime and new_steps > 0 else None,
+        "effective_batch_size": batch * world_size(),
+        "processes": world_size(),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "min_loss": min(losses) if losses else None,
+        "train_loss": output.training_loss,
+        "memory": memory,
+    }
+
+
+def eval_history(trainer) -> list[dict]:
+    """Each evaluation during training: its step, eval loss and any generation metric (eval_* keys)."""
+    skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_num_tokens")
+    return [
+        {"step": h["step"], **{k: v for k, v in h.items() if k.startswith("eval_") and k not in skip}}
+        for h in trainer.state.log_history
+        if "eval_loss" in h
+    ]
+
+
+def stop_summary(cfg: RunConfig, trainer) -> dict[str, Any]:
+    """Why training stopped and which step was best (with load_best_model_at_end, the step that was exported)."""
+    from transformers import EarlyStoppingCallback
+
+    t, state = cfg.train, trainer.state
+    stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    if stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience:
+        reason = (
+            f"early stopping: {best_metric_name(t)} did not improve by more than {t.early_stopping_threshold} "
+            f"for {stopper.early_stopping_patience} evaluations"
+        )
+    elif t.max_steps is not None:
+        reason = f"reached train.max_steps {t.max_steps}"
+    else:
+        reason = f"finished train.num_train_epochs {t.num_train_epochs}"
+    history = eval_history(trainer)
+    out: dict[str, Any] = {"stopped": {"reason": reason, "step": state.global_step}, "eval_history": history}
+    if history:
+        out["best"] = {
+            "metric": best_metric_name(t),
+            "value": state.best_metric,
+            "step": state.best_global_step,
+            "checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+            "loaded_at_end": load_best(t),  # True: the adapter / merged model saved are this step's weights
+        }
+    return out
+
+
+def loss_history(trainer) -> list[dict]:
+    return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
