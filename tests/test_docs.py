@@ -47,7 +47,7 @@ def must_exist(path: str) -> None:
 
 @pytest.mark.parametrize("shown, command", commands(), ids=lambda x: x if len(x) < 90 else x[:87] + "...")
 def test_shown_command_is_real(shown, command):
-    from unsloth_sft.app.cli import _parser
+    from unsloth_sft.app.cli import parser
 
     argv = words(command)
     if not argv:
@@ -55,7 +55,7 @@ def test_shown_command_is_real(shown, command):
     tool = Path(argv[0]).name
     if tool == "unsloth-sft":
         try:
-            args = _parser().parse_args(argv[1:])
+            args = parser().parse_args(argv[1:])
         except SystemExit:
             pytest.fail(f"unsloth-sft does not take: {command}")
         for name in ("params", "notebook"):
@@ -80,3 +80,23 @@ def test_the_docs_show_the_main_commands():
     assert any("unsloth-sft notebook notebooks/train.ipynb params/cpu/gemma3-270m" in c for c in shown)
     assert any(c.endswith("python -m pytest") for c in shown)
     assert len(shown) > 20
+
+
+def test_the_configuration_page_names_every_key():
+    import dataclasses
+
+    from unsloth_sft.config import (
+        DataConfig,
+        EvalConfig,
+        ExportConfig,
+        LoraConfig,
+        ModelConfig,
+        RunConfig,
+        SourceConfig,
+        TrainConfig,
+    )
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    sections = (ModelConfig, LoraConfig, DataConfig, SourceConfig, TrainConfig, EvalConfig, ExportConfig, RunConfig)
+    missing = [f"{c.__name__}.{f.name}" for c in sections for f in dataclasses.fields(c) if f"`{f.name}`" not in page]
+    assert missing == []

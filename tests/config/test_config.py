@@ -770,3 +770,15 @@ def test_notebook_bad_section_value():
 def test_notebook_missing_params_file(tmp_path):
     ns, defined = notebook_ns(params_file=str(tmp_path / "missing.yaml"))
     assert "not found" in config_error(notebook_config, ns, defined)
+
+
+def test_sections_built_in_code_refuse_unknown_keys_too():
+    """The schema itself forbids extra keys (extra="forbid"), not only the loader: a notebook's DataConfig(sorce=...)"""
+    from pydantic import ValidationError
+
+    from unsloth_sft.config import DataConfig, TrainConfig
+
+    with pytest.raises(ValidationError, match="sorce"):
+        DataConfig(sorce="x")
+    with pytest.raises(ValidationError, match="max_steps"):
+        TrainConfig(max_steps="5")  # strict: text is not a number

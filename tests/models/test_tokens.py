@@ -17,7 +17,7 @@ TEXT = "भारत की राजधानी नई दिल्ली ह�
 
 def gguf_tokenizer(name: str):
     from unsloth_sft.models.catalogue import CATALOGUE
-    from unsloth_sft.models.gguf import _concatenate, read_metadata
+    from unsloth_sft.models.gguf import concatenate, read_metadata
     from unsloth_sft.models.gguf_tokenizer import build_tokenizer
 
     entry = CATALOGUE[name]
@@ -25,7 +25,7 @@ def gguf_tokenizer(name: str):
         pytest.skip(f"{name} is not installed (scripts/setup.sh installs it: {entry.pip})")
     parts = entry.locate()
     with tempfile.TemporaryDirectory() as tmp:
-        gguf = parts[0] if len(parts) == 1 else _concatenate(parts, Path(tmp) / "model.gguf")
+        gguf = parts[0] if len(parts) == 1 else concatenate(parts, Path(tmp) / "model.gguf")
         return build_tokenizer(read_metadata(gguf), entry)
 
 

@@ -12,7 +12,7 @@ from unsloth_sft.core.errors import SFTError
 EXIT_BAD_INPUT = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unsloth-sft", description="Supervised fine-tuning with Unsloth, TRL and peft.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -103,7 +103,7 @@ def _sweep_parsers(sub, with_params) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except SFTError as err:

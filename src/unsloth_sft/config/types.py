@@ -91,4 +91,4 @@ Names = Annotated[list[str], BeforeValidator(_one_is_a_list)]
 SaveMethods = Annotated[list[SaveMethod], BeforeValidator(_one_is_a_list)]
 GgufQuants = Annotated[list[GgufQuant], BeforeValidator(_one_is_a_list), Field(min_length=1)]
 Columns = Annotated[dict[str, str], BeforeValidator(_text_keys)]
-STRICT = ConfigDict(strict=True)
+STRICT = ConfigDict(strict=True, extra="forbid")  # types as written; an unknown key is an error

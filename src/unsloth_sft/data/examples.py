@@ -10,7 +10,7 @@ from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import DataError
 from unsloth_sft.data.mix import load_mix
 from unsloth_sft.data.prompts import TEXT_PROMPT_CHARS, choose_template, prompts_for, text_prompt
-from unsloth_sft.data.rows import Examples, _text, source_examples
+from unsloth_sft.data.rows import Examples, cell_text, source_examples
 from unsloth_sft.data.sources import Split
 from unsloth_sft.data.tokenize import text_blocks, tokenize_cached
 
@@ -52,11 +52,13 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
     max_len = cfg.model.max_seq_length
     if tasks.get(ex.task).shape == "blocks":
         col = ex.text_column
-        blocks = text_blocks(tokenizer, [_text(r, col, w) for r, w in zip(ex.train.rows, ex.train.where)], d.block_size)
+        blocks = text_blocks(
+            tokenizer, [cell_text(r, col, w) for r, w in zip(ex.train.rows, ex.train.where)], d.block_size
+        )
         ds = datasets.Dataset.from_dict(blocks)
         test_ds = None
         if ex.test is not None and ex.test.rows:
-            texts = [_text(r, col, w) for r, w in zip(ex.test.rows, ex.test.where)]
+            texts = [cell_text(r, col, w) for r, w in zip(ex.test.rows, ex.test.where)]
             test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, texts, d.block_size))
         elif d.test_size > 0 and len(ds) > 1:
             parts = ds.train_test_split(

@@ -58,7 +58,8 @@ def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]
     return out
 
 
-def _text(row: dict, col: str, where: str) -> str:
+def cell_text(row: dict, col: str, where: str) -> str:
+    """A row's value in `col` as text (a number reads as its digits, a missing value as ""); anything else refused."""
     value = row.get(col)
     if value is None:
         return ""
@@ -85,10 +86,10 @@ def to_messages(
         if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return None
     else:
-        answer = _text(row, cols[record.answer], where) if record.answer in cols else ""
+        answer = cell_text(row, cols[record.answer], where) if record.answer in cols else ""
         if require_answer and not answer.strip():
             return None
-        values = {f: _text(row, c, where) for f, c in cols.items() if f != record.answer}
+        values = {f: cell_text(row, c, where) for f, c in cols.items() if f != record.answer}
         messages = [{"role": "user", "content": record.prompt(values, cfg)}]
         if answer.strip():
             messages.append({"role": "assistant", "content": answer})
@@ -143,7 +144,7 @@ def source_examples(cfg: RunConfig) -> Examples:
     if tasks.get(task).shape == "blocks":
         col = resolve_columns(list(first), d, task, origin)[tasks.get(task).fields[0]]
         for row, where in zip(train.rows, train.where):
-            _text(row, col, where)
+            cell_text(row, col, where)
         return Examples(task, train, test, text_column=col)
     train_convs, skipped = conversations(train, task, d)
     if not train_convs:

@@ -74,7 +74,7 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
     """GGUF -> plain HF folder (float32 weights, a rebuilt and checked tokenizer), written atomically."""
     print(f"converting {parts[0].name} into {folder} (once; ~1-2 min for a 270M model)", flush=True)
     with atomic_dir(folder) as tmp:  # replaces a half-made folder a killed run left (it has no SOURCE_FILE)
-        gguf_file = parts[0] if len(parts) == 1 else _concatenate(parts, tmp / "model.gguf")
+        gguf_file = parts[0] if len(parts) == 1 else concatenate(parts, tmp / "model.gguf")
         meta = read_metadata(gguf_file)
         tokenizer = build_tokenizer(meta, entry)
         check_tokenizer(tokenizer, meta)
@@ -136,7 +136,7 @@ def ensure_sentencepiece(folder: str | Path) -> Path | None:
         return path if path.is_file() else None
     parts = [Path(p) for p in source["gguf"]]
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        gguf_file = parts[0] if len(parts) == 1 else _concatenate(parts, Path(tmp) / "model.gguf")
+        gguf_file = parts[0] if len(parts) == 1 else concatenate(parts, Path(tmp) / "model.gguf")
         meta = read_metadata(gguf_file)
         if meta["model"] != "llama":
             return None
@@ -145,7 +145,7 @@ def ensure_sentencepiece(folder: str | Path) -> Path | None:
     return path
 
 
-def _concatenate(parts: list[Path], out: Path) -> Path:
+def concatenate(parts: list[Path], out: Path) -> Path:
     with open(out, "wb") as dst:
         for part in parts:
             with open(part, "rb") as src:
