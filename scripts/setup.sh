@@ -22,6 +22,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
         apt-get install -y -qq chromium fonts-lohit-deva >/dev/null; } \
         || echo "setup: could not install Chromium with apt-get (not root?); tests/test_playground.py's browser tests will skip"
 fi
+# Debian's PostgreSQL for the sweep workers' test (it starts a throwaway server in a temporary folder, as an
+# unprivileged user). Only where apt-get is and we may use it; without it that test skips, saying why.
+if ! command -v initdb >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then as_root=(); elif sudo -n true 2>/dev/null; then as_root=(sudo); else as_root=(false); fi
+    { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq postgresql >/dev/null; } \
+        || echo "setup: could not install PostgreSQL with apt-get (not root?); tests/studies/test_workers.py's PostgreSQL test will skip"
+fi
 # llama.cpp's GGUF converter (convert_hf_to_gguf.py + its gguf-py), from the llama-cpp-python source distribution
 # (77 MB download, nothing compiled): unpacked without its test models and docs. Move it with UNSLOTH_SFT_LLAMA_CPP.
 # q4_k_m etc. also need llama-quantize, built from the same tree (~10 min on 2 cores; see README "GGUF export").

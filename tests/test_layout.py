@@ -244,3 +244,66 @@ def test_no_work_history_words():
             if HISTORY.search(line):
                 hits.append(f"{name}:{n}: {line.strip()[:80]}")
     assert hits == []
+
+
+# Writers that may write outside an atomic_* block, and why. Anything else that writes a file must be inside
+# `with atomic_dir/atomic_file/scratch_dir(...)` (core.files), so a kill or a full disk never leaves half a file.
+WRITERS_ALLOWED = {
+    ("unsloth_sft.evaluation.report", "plot_metrics"): "draws into the eval folder write_eval holds atomically",
+    ("unsloth_sft.export.gguf", "stage"): "fills the scratch folder export_gguf made",
+    ("unsloth_sft.models.gguf", "concatenate"): "writes into its caller's temporary or scratch folder",
+    ("unsloth_sft.models.gguf", "_save_weights"): "saves into the temporary folder convert holds atomically",
+    ("unsloth_sft.models.tiny", "train_sentencepiece"): "writes into the temporary folder build_tiny_model holds",
+    ("unsloth_sft.runs.lock", "acquire"): "the lock file's holder record, not an output",
+    ("unsloth_sft.studies.sweep", "locked"): "the sweep folder's lock file, not an output",
+    ("unsloth_sft.studies.trials", "run_variant"): "a trial's log, streamed as the child writes it",
+    ("unsloth_sft.training.distributed", "save_sharded"): "every rank gathers into one staging folder, then one rename",
+}
+
+
+def unguarded_writes() -> set[tuple[str, str]]:
+    """(module, function) of every call that writes a file outside an atomic_* block (core.files excepted)."""
+    atomic = {"atomic_dir", "atomic_file", "scratch_dir"}
+    found = set()
+
+    def name_of(call):
+        f = call.func
+        return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+
+    def writes(call) -> bool:
+        name = name_of(call)
+        if name in ("write_text", "write_bytes", "savefig", "save_pretrained", "save_to_disk", "save_model", "write"):
+            return True
+        if name in ("copy", "copyfile", "copyfileobj", "copytree"):
+            return isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "shutil"
+        if name == "dump":  # json.dump / yaml.dump into a stream (yaml.dump without one returns text)
+            return len(call.args) >= 2
+        if name == "open":
+            mode = (
+                call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+            )
+            return (
+                isinstance(mode, ast.Constant) and isinstance(mode.value, str) and any(c in mode.value for c in "wax+")
+            )
+        return False
+
+    def walk(node, module, function, guarded):
+        if isinstance(node, ast.With) and any(
+            isinstance(i.context_expr, ast.Call) and name_of(i.context_expr) in atomic for i in node.items
+        ):
+            guarded = True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        if isinstance(node, ast.Call) and not guarded and writes(node):
+            found.add((module, function))
+        for child in ast.iter_child_nodes(node):
+            walk(child, module, function, guarded)
+
+    for module, path in MODULES.items():
+        if module != "unsloth_sft.core.files":
+            walk(ast.parse(path.read_text(encoding="utf-8")), module, None, False)
+    return found
+
+
+def test_every_writer_goes_through_the_atomic_helpers():
+    assert unguarded_writes() == set(WRITERS_ALLOWED)

@@ -32,6 +32,7 @@ from unsloth_sft.models.load import LoadedModel
 from unsloth_sft.models.params import format_groups, params_by_group
 from unsloth_sft.models.sources import resolve_model_path
 from unsloth_sft.runs.folder import RunDir
+from unsloth_sft.runs.lock import RunLock
 from unsloth_sft.training.distributed import (
     check_launch,
     from_main,
@@ -58,6 +59,7 @@ class Run:
     trainer: Any = None
     metrics: dict | None = None
     set_aside: Path | None = None  # an overwritten run, kept until this one has finished
+    lock: RunLock | None = None  # the run folder's one-writer lock (rank 0), held from begin to finish
 
     @property
     def run_dir(self) -> Path:
@@ -67,12 +69,23 @@ class Run:
 def begin(cfg: RunConfig) -> Run:
     """Stage 1, before any model loads: the launch, the run folder (finished? resumable with this config?
     writable?), the data (read and shaped without a tokenizer), the chat template and the trackers are checked;
-    data.task is resolved. Nothing is written: every input error stops here, in seconds, not after a model load.
+    data.task is resolved. Nothing is written but the run's lock (beside the folder): every input error stops here,
+    in seconds, not after a model load, and a second writer of the same folder stops here too.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
     folder = RunDir(cfg.run_dir)
     if is_main_process():
-        folder.check(cfg)
+        folder.check(cfg)  # a finished run, a config that cannot resume, a place that takes no folder
+    lock = RunLock(folder.path).acquire() if is_main_process() else None
+    try:
+        return _checked(cfg, folder, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _checked(cfg: RunConfig, folder: RunDir, lock: RunLock | None) -> Run:
     examples = load_examples(cfg)
     cfg = cfg.with_task(examples.task)  # resolved once: config.yaml, eval and infer all say which task this is
     if examples.sources is not None:  # a mix: each source's task resolved too
@@ -83,7 +96,7 @@ def begin(cfg: RunConfig) -> Run:
     if cfg.model.chat_template:
         template_text(cfg.model.chat_template, backend)  # a bad name or file fails before the model loads
     trackers(cfg)  # an unknown or uninstalled train.report_to fails here, not after the model loaded
-    return Run(cfg, folder, examples)
+    return Run(cfg, folder, examples, lock=lock)
 
 
 def load_base(run: Run) -> str:
@@ -151,8 +164,13 @@ def start(cfg: RunConfig) -> Run:
     With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
     """
     run = begin(cfg)
-    load_base(run)
-    lines = [add_lora(run), load_data(run), parameter_groups(run)]
+    try:
+        load_base(run)
+        lines = [add_lora(run), load_data(run), parameter_groups(run)]
+    except BaseException:
+        if run.lock is not None:  # a bad model or data: the folder is free again at once
+            run.lock.release()
+        raise
     if is_main_process():
         print("\n".join(lines))
     return run
@@ -280,6 +298,8 @@ def finish(run: Run) -> dict:
     )
     write_json(folder.metrics_file, run.metrics)
     RunDir.drop(run.set_aside)  # the new run is complete: the one it replaced can go
+    if run.lock is not None:
+        run.lock.release()
     return run.metrics
 
 
@@ -296,8 +316,12 @@ def release(run: Run) -> None:
 def run_training(cfg: RunConfig) -> dict:
     """The whole training job: start, fit, finish. Returns metrics.json's content."""
     run = start(cfg)
-    fit(run)
-    return finish(run)
+    try:
+        fit(run)
+        return finish(run)
+    finally:
+        if run.lock is not None:  # a failed run frees its folder for the rerun that resumes it
+            run.lock.release()
 
 
 __all__ = [

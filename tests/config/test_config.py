@@ -438,9 +438,21 @@ def test_yaml_that_is_a_scalar(tmp_path):
     assert str(path) in msg and "mapping" in msg
 
 
-def test_empty_yaml_is_the_defaults(tmp_path):
-    path = write(tmp_path, "empty.yaml", "# nothing here\n")
-    assert load_config(path).to_dict() == RunConfig().to_dict()
+def test_empty_yaml_is_refused_not_trained_as_the_defaults(tmp_path):
+    """An empty file (or comments only) would train the defaults into runs/demo: it is almost always a mistake."""
+    for text in ("", "# nothing here\n", "\n\n# a\n# b\n"):
+        path = write(tmp_path, "empty.yaml", text)
+        msg = config_error(load_config, path)
+        assert str(path) in msg and "the params file is empty" in msg and "params/" in msg
+    assert load_config(None).to_dict() == RunConfig().to_dict()  # no file at all (a notebook's defaults) still works
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = write(tmp_path, "dup.yaml", "train:\n  max_steps: 5\n  seed: 1\n  max_steps: 50\nmodel:\n  name: x\n")
+    msg = config_error(load_config, path)
+    assert msg == f"{path}: line 4: duplicate key 'max_steps' (also on line 2); keep one of them"
+    path = write(tmp_path, "dup2.yaml", "train: {seed: 1}\ntrain: {seed: 2}\n")
+    assert "line 2: duplicate key 'train' (also on line 1)" in config_error(load_config, path)
 
 
 def test_missing_params_file(tmp_path):

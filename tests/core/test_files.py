@@ -30,7 +30,7 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
 def test_atomic_file_keeps_the_suffix_and_usual_permissions(tmp_path):
     path = tmp_path / "loss.png"
     with atomic_file(path) as tmp:
-        assert tmp.suffix == ".png" and tmp.parent == tmp_path and tmp.name.startswith(".loss.tmp-")
+        assert tmp.suffix == ".png" and tmp.parent == tmp_path and tmp.name.startswith(f".loss.png.tmp-{os.getpid()}-")
         tmp.write_bytes(b"png")
     mask = os.umask(0)
     os.umask(mask)
@@ -65,3 +65,44 @@ def test_a_cache_folder_another_process_filled_first_is_kept(tmp_path):
         (target / "config.json").write_text(json.dumps({"theirs": True}))
     assert read_json(target / "config.json") == {"theirs": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_a_full_disk_is_one_line_naming_the_target_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """ENOSPC injected at the one writer: the RunError names the file, and nothing temporary stays behind."""
+    import errno
+
+    from unsloth_sft.core import files
+    from unsloth_sft.core.errors import RunError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(RunError, match=r"metrics.json: cannot write \(No space left on device\); free some space"):
+        write_json(tmp_path / "metrics.json", {"a": 2})
+    assert read_json(tmp_path / "metrics.json") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    with pytest.raises(RunError, match="adapter: cannot write"), atomic_dir(tmp_path / "adapter"):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file: file write failed"
+        )
+    with pytest.raises(ValueError, match="a plain bug"), atomic_dir(tmp_path / "adapter"):
+        raise ValueError("a plain bug")  # not the place's fault: raised as it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_leftovers_of_dead_writers_are_removed_and_a_cut_swap_is_undone(tmp_path):
+    from unsloth_sft.core.files import remove_leftovers
+
+    dead = 2**22 + 17  # a pid no process has: above the kernel's largest pid_max (2**22)
+    (tmp_path / f".merged.tmp-{dead}-abc").mkdir()
+    (tmp_path / f".metrics.tmp-{dead}-x.json").write_text("{")
+    (tmp_path / f".mine.tmp-{os.getpid()}-x").mkdir()  # a live writer's (this process): kept
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / ".adapter.old").mkdir()  # its replacement is in place: the old copy goes
+    (tmp_path / ".eval.old").mkdir()  # the swap was cut before the new one arrived: put back
+    notes = remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".mine.tmp-{os.getpid()}-x", "adapter", "eval"]
+    assert len(notes) == 4 and any("restored" in n and n.endswith("(its replacement was interrupted)") for n in notes)
+    assert remove_leftovers(tmp_path) == []

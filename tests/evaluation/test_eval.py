@@ -201,6 +201,27 @@ def test_eval_on_another_dataset(trained, tmp_path, capsys):
     assert "rougeL" in saved["metrics"]
 
 
+def test_eval_scores_a_seeded_sample_of_a_big_test_split(trained, tmp_path, capsys):
+    """eval.max_samples 5 of 12 test rows: said in one line; eval loss on the 5, generation on the first 2 of them."""
+    from unsloth_sft.app.cli import main
+    from unsloth_sft.evaluation.evaluate import sample_indices
+
+    rows = [{"dialogue": f"#Person1#: नमस्ते {i}।\n#Person2#: जी।", "summary": f"{i} बार नमस्ते।"} for i in range(12)]
+    path = tmp_path / "big-test.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    args = ["eval", "--run", str(trained.run_dir), "--data", str(path)]
+    assert main([*args, "--set", "eval.max_samples=5", "--set", "eval.num_examples=2"]) == 0
+    seed = trained.train.seed
+    assert f"eval: scoring 5 of 12 test examples, drawn with train.seed {seed}" in capsys.readouterr().out
+    folder = trained.run_dir / "eval-big-test"
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert (saved["test_examples"], saved["test_split_examples"]) == (5, 12)
+    picked = sample_indices(12, 5, seed)[:2]
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in predictions] == [rows[i]["summary"] for i in picked]
+    assert all(p["base"] is not None for p in predictions)  # base and tuned answered the same sampled prompts
+
+
 def test_infer_with_base_and_adapter_uses_the_runs_task(trained, tmp_path, capsys):
     """--model BASE --adapter RUN/adapter: a plain string is a dialogue (the run's task), not a chat message."""
     from unsloth_sft.app.cli import main

@@ -113,6 +113,20 @@ def test_bad_sweep_options_are_one_line_errors(tmp_path, options, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_value_given_twice_in_a_grid_is_refused_naming_key_and_value(tmp_path, capsys):
+    """`--grid train.learning_rate=1e-3,1e-3` would train one variant twice: exit 2, one line, nothing written."""
+    path = recipe(tmp_path)
+    assert sweep(str(path), "--grid", "train.learning_rate=1e-3,1e-3", "--grid", "lora.r=4,8") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "sweep.grid.train.learning_rate: the value 1e-3 is given twice" in err
+    assert sweep(str(path), "--search", "optuna", "--trials", "2", "--grid", "lora.r=4,8,4") == 2  # a choice too
+    assert "sweep.grid.lora.r: the value 4 is given twice" in capsys.readouterr().err
+    yaml_path = recipe(tmp_path / "y", "sweep:\n  grid:\n    train.learning_rate: [0.001, 1e-3]\n")
+    assert sweep(str(yaml_path)) == 2  # the same number written two ways
+    assert "the value 0.001 is given twice (as 0.001 and 1e-3)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "y" / "runs").exists()
+
+
 def test_sweep_section_has_its_own_schema_and_single_runs_ignore_it(tmp_path):
     path = recipe(tmp_path, "sweep:\n  grid:\n    lora.r: [4, 8]\n  paralel: 2\n")
     with pytest.raises(ConfigError, match="unknown key 'sweep.paralel'; did you mean 'parallel'"):

@@ -1,9 +1,11 @@
-"""Several processes on the CPU (DDP over gloo): ranks see different data, rank 0 alone writes, adapter = rank 0's."""
+"""Several processes on the CPU (DDP over gloo): ranks see different data, rank 0 alone writes, adapter = rank 0's;
+on one machine, and as two "machines" of one process each (accelerate's multi-node launch on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 from tests.conftest import ROOT, small_config
 
 ACCELERATE_CPU = ROOT / "params" / "accelerate" / "cpu-2proc.yaml"
+MULTI_NODE = ROOT / "params" / "accelerate" / "multi-node.yaml"
 STEPS, BATCH = 4, 2
 
 # Runs on every rank under `accelerate launch`: the library's own start -> fit -> finish, plus what the test
@@ -69,7 +72,8 @@ DRIVER = textwrap.dedent("""
     lora = get_peft_model_state_dict(run.loaded.model)
     save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, str(out / f"lora-rank{rank}.safetensors"))
     metrics = pipeline.finish(run)
-    (out / f"rank{rank}.json").write_text(json.dumps({"rows": rows, "writes": writes, "steps": metrics["steps"]}))
+    where = {"machine": os.environ.get("GROUP_RANK"), "local_rank": os.environ.get("LOCAL_RANK")}  # from torchrun
+    (out / f"rank{rank}.json").write_text(json.dumps({"rows": rows, "writes": writes, "steps": metrics["steps"], **where}))
 """)
 
 
@@ -108,31 +112,57 @@ def _run_dir_files(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_shard_data_and_rank0_writes_once(tmp_path):
-    """accelerate launch, 2 gloo processes: different rows per rank, same weights, one adapter written by rank 0."""
-    from safetensors.torch import load_file
-
+def _driver(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The params file, the driver script and the folder it writes each rank's observations to."""
     params = _params(tmp_path)
-    run_dir = tmp_path / "t"
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
-    _launch(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(ACCELERATE_CPU),
-            "--main_process_port",
-            str(_free_port()),
-            str(tmp_path / "driver.py"),
-            str(params),
-            str(out),
-        ],
-        tmp_path,
-    )
+    return params, tmp_path / "driver.py", out
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_shard_data_and_rank0_writes_once(tmp_path):
+    """accelerate launch, 2 gloo processes: different rows per rank, same weights, one adapter written by rank 0."""
+    params, driver, out = _driver(tmp_path)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU)]
+    _launch([*launch, "--main_process_port", str(_free_port()), str(driver), str(params), str(out)], tmp_path)
+    _check_two_ranks(out, tmp_path / "t")
+
+
+@pytest.mark.slow
+def test_two_machines_of_one_process_each_train_as_one_job(tmp_path):
+    """params/accelerate/multi-node.yaml as its header runs it, once per "machine" (machine_rank 0 and 1, both on
+    127.0.0.1, started at once): torchrun joins them into one gloo group of 2, and the run is the same as on one
+    machine: the same steps on both ranks, different rows, equal weights, one run folder written by rank 0 alone."""
+    params, driver, out = _driver(tmp_path)
+    port = str(_free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    machines = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_NODE),
+             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+             str(driver), str(params), str(out)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    try:
+        logs = [m.communicate(timeout=300)[0] for m in machines]
+    finally:
+        for m in machines:
+            if m.poll() is None:
+                m.kill()
+                m.wait()
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["machine"], r["local_rank"]) for r in ranks] == [("0", "0"), ("1", "0")]  # one process per machine
+    _check_two_ranks(out, tmp_path / "t")
+
+
+def _check_two_ranks(out: Path, run_dir: Path) -> None:
+    """What the driver saw on each rank, and the run folder it left."""
+    from safetensors.torch import load_file
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     # Each rank trained on its own shard: STEPS x BATCH rows, none shared.
@@ -143,8 +173,9 @@ def test_two_cpu_processes_shard_data_and_rank0_writes_once(tmp_path):
     # Only rank 0 wrote into the run folder, and it wrote the config once.
     assert ranks[1]["writes"] == []
     opened = [path for event, path in ranks[0]["writes"] if event == "open"]
-    assert len({path for path in opened if path.startswith(".config.tmp-")}) == 1  # one atomic write of config.yaml
-    assert any(path.startswith(".metrics.tmp-") for path in opened)  # metrics.json, atomically
+    # a hidden temporary sibling renamed into place (.config.tmp-*, or .config.yaml.tmp-PID-* with the writer's pid)
+    assert len({path for path in opened if re.match(r"\.config(\.yaml)?\.tmp-", path)}) == 1  # config.yaml once
+    assert any(re.match(r"\.metrics(\.json)?\.tmp-", path) for path in opened)  # metrics.json, atomically
 
     # DDP kept the ranks' weights equal, training moved them, and the adapter on disk is exactly rank 0's.
     weights = [load_file(str(out / f"lora-rank{r}.safetensors")) for r in (0, 1)]

@@ -8,6 +8,9 @@ import sys
 
 from unsloth_sft.app.commands import COMMANDS
 from unsloth_sft.core.errors import SFTError
+from unsloth_sft.core.files import write_problem
+from unsloth_sft.core.procs import terminate_as_interrupt
+from unsloth_sft.core.quiet import silence_known_noise
 
 EXIT_BAD_INPUT = 2
 
@@ -95,6 +98,19 @@ def _sweep_parsers(sub, with_params) -> None:
     s.add_argument("--notebook", help="run each variant through this notebook with papermill (else the CLI path)")
     s.add_argument("--no-eval", dest="evaluate", action="store_false", default=None, help="train only")
     s.add_argument("--out", dest="dir", help="the sweep folder (default OUTPUT_DIR/RUN_NAME-sweep)")
+    s.add_argument(
+        "--storage",
+        metavar="URL",
+        help="optuna: the study's Optuna storage, postgresql://USER:${VAR}@HOST/DB, mysql+pymysql://..., "
+        "sqlite:///PATH or journal:PATH (${VAR} from the environment; default: study.db in the sweep folder)",
+    )
+    s.add_argument("--study", help="optuna: the study's name in --storage (default RUN_NAME-sweep)")
+    s.add_argument(
+        "--worker",
+        action="store_true",
+        help="one of many sweep processes (any machines) pulling trials from the study in --storage, "
+        "each training into its own --out folder",
+    )
     s = sub.add_parser("compare", help="leaderboard (markdown, CSV) and plots of runs or sweep folders")
     s.add_argument("paths", nargs="+", help="run folders, or folders of runs (a sweep folder)")
     s.add_argument("--metric", help="sort by this metric (default: the sweep's, else eval_loss)")
@@ -104,14 +120,21 @@ def _sweep_parsers(sub, with_params) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    silence_known_noise()  # stderr is for this command's own error line
     try:
-        return COMMANDS[args.command](args)
+        with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does: temporary files, children, the lock
+            return COMMANDS[args.command](args)
     except SFTError as err:
         print(f"unsloth-sft: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("unsloth-sft: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a full disk where another library writes on its own: one line, not a traceback
+        if write_problem(err) is None:
+            raise
+        print(f"unsloth-sft: error: cannot write ({write_problem(err)}); free some space and rerun", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -13,16 +13,28 @@ from pathlib import Path
 from unsloth_sft.core.errors import ConfigError
 
 
-def load_params(params: str, overrides: list[str]):
-    """load_config, after a friendlier word for the common slip of passing a data file as the params file."""
+def load_params(params: str, overrides: list[str], command: str = "train"):
+    """load_config, after a word that fits the common slips: a run folder or a data file where a recipe goes."""
     from unsloth_sft.config.load import load_config
     from unsloth_sft.data.sources import SUFFIXES
 
-    if Path(params).suffix in SUFFIXES or Path(params).is_dir():
+    given = Path(params)
+    if (given / "config.yaml").is_file():  # a run folder
+        use = {
+            "eval": f"unsloth-sft eval --run {params}",
+            "preview": f"unsloth-sft preview {given / 'config.yaml'}",
+        }.get(command, f"unsloth-sft {command} {given / 'config.yaml'}")
+        raise ConfigError(f"{params} is a run folder, not a params file; its recipe is its config.yaml: `{use}`")
+    if given.suffix in SUFFIXES or given.is_dir():
+        if command == "eval":
+            raise ConfigError(
+                f"{params} looks like a data file, not a params file: score a run on it with "
+                f"`unsloth-sft eval --run RUN_DIR --data {params}`"
+            )
         raise ConfigError(
-            f"{params} looks like a data file, not a params file: train on it with "
-            f"`unsloth-sft train params/demo-cpu.yaml --set data.source={params}` "
-            f"(in a notebook: -p dataset {params})"
+            f"{params} looks like a data file, not a params file (a recipe YAML): `unsloth-sft {command} RECIPE.yaml "
+            f"--set data.source={params}` with a recipe from params/ for your task and model (in a notebook: "
+            f"-p dataset {params})"
         )
     return load_config(params, overrides)
 
@@ -47,7 +59,7 @@ def train(args) -> int:
 def notebook(args) -> int:
     from unsloth_sft.notebooks import run_notebook
 
-    cfg = load_params(args.params, args.overrides)
+    cfg = load_params(args.params, args.overrides, "notebook")
     out = run_notebook(args.notebook, args.params, args.overrides, args.output)
     print(f"executed notebook: {out}")
     print_summary(cfg.run_dir)
@@ -57,7 +69,7 @@ def notebook(args) -> int:
 def preview(args) -> int:
     from unsloth_sft.data.preview import preview
 
-    print(preview(load_params(args.params, args.overrides), n=args.n))
+    print(preview(load_params(args.params, args.overrides, "preview"), n=args.n))
     return 0
 
 
@@ -66,7 +78,7 @@ def evaluate(args) -> int:
     from unsloth_sft.runs.config import run_from_params
 
     if args.params is not None:
-        load_params(args.params, args.overrides)  # the data-file check, and a bad params file fails first
+        load_params(args.params, args.overrides, "eval")  # the slips above, and a bad params file fails first
     run, cfg = run_from_params(args.params, args.overrides, args.run, args.data)
     print(evaluate_run(cfg, run, data_file=args.data)["summary"])
     return 0
@@ -76,7 +88,7 @@ def infer(args) -> int:
     from unsloth_sft.evaluation.infer import infer_file, infer_target
 
     if args.params is not None:
-        load_params(args.params, args.overrides)
+        load_params(args.params, args.overrides, "infer")
     cfg, model, adapter, task = infer_target(args.run, args.model, args.adapter, args.params, args.overrides)
     counts = infer_file(cfg, model, adapter, Path(args.input), Path(args.output), task)
     total = counts["written"] + counts["failed"]
@@ -131,12 +143,15 @@ def sweep(args) -> int:
     from unsloth_sft.studies.sweep import run_sweep
 
     if not Path(args.params).is_dir():
-        load_params(args.params, args.overrides)  # the data-file check; a bad recipe fails before anything runs
-    options = {k: getattr(args, k) for k in ("seeds", "search", "trials", "metric", "direction", "parallel")}
+        load_params(args.params, args.overrides, "sweep")  # the slips above; a bad recipe fails before anything runs
+    keys = ("seeds", "search", "trials", "metric", "direction", "parallel", "storage", "study")
+    options = {k: getattr(args, k) for k in keys}
     options.update(notebook=args.notebook, evaluate=args.evaluate, dir=args.dir, grid=grid_args(args.grid))
+    options.update(worker=args.worker)
     spec = load_sweep(args.params, args.overrides, options)
     outcomes = run_sweep(spec)
-    print_leaderboard(compare([spec.folder], spec.spec.metric, spec.spec.direction))
+    if outcomes or not spec.worker:  # a worker that found the study full has no runs of its own to compare
+        print_leaderboard(compare([spec.folder], spec.spec.metric, spec.spec.direction))
     failed = [o for o in outcomes if o.status == "failed"]
     ran = sum(o.status == "finished" for o in outcomes)
     print(f"sweep {spec.folder}: {ran} trained, {len(outcomes) - ran - len(failed)} skipped, {len(failed)} failed")

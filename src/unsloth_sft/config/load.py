@@ -147,24 +147,53 @@ def apply_overrides(raw: dict[str, Any], overrides: list | dict[str, Any]) -> di
     return raw
 
 
+def unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps the last one silently)."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    if key in seen:
+                        raise ConstructorError(
+                            None,
+                            None,
+                            f"duplicate key '{key}' (also on line {seen[key] + 1}); keep one of them",
+                            key_node.start_mark,
+                        )
+                    seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a params file into a mapping, naming the file and line on any error."""
+    """Read a params file into a mapping, naming the file and line on any error (a duplicate key is one)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=unique_key_loader())  # a SafeLoader: plain data only
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}:{line}: {problem}; fix the YAML syntax") from None
+        fix = "" if "duplicate key" in problem else "; fix the YAML syntax"
+        raise ConfigError(f"{path}:{line}: {problem}{fix}") from None
     if raw is None:
-        return {}
+        raise ConfigError(
+            f"{path}: the params file is empty (only comments or blank lines); a recipe says what to train: "
+            "start from one in params/ (e.g. params/demo-cpu.yaml)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections (model:, data:, train: ...), got a {type(raw).__name__}"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 
 # bitsandbytes tries to fetch an optional CPU kernel from the Hub when it is imported on AVX512-BF16 CPUs and
 # logs a warning when it cannot (offline, or no `kernels` package); its own fallback kernel is then used.
 NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def silence_known_noise() -> None:
+    """Loggers that say nothing a user can act on, off before anything imports them (cheap: no import)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -42,3 +49,8 @@ def no_progress_bars(transformers: bool = True) -> Iterator[None]:
     finally:
         for undo in restore:
             undo()
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something the user should know but that does not stop the command."""
+    print(f"unsloth-sft: warning: {message}", file=sys.stderr, flush=True)

@@ -67,7 +67,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
             ds, test_ds = parts["train"], parts["test"]
         return PreparedData(ex.task, tasks.get(ex.task).template, ds, test_ds)
     template = choose_template(ex.task, d, tokenizer)
-    train_ds, truncated = tokenize_cached(tokenizer, ex.train_conversations, template, d, max_len)
+    train_ds, truncated = tokenize_cached(tokenizer, ex.train_conversations, template, d, max_len, ex.train_where)
     if not any(any(x != -100 for x in labels) for labels in train_ds["labels"]):
         raise DataError(
             f"model.max_seq_length {max_len} is shorter than every example's prompt, so no answer token is left to "
@@ -75,7 +75,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
         )
     test_ds = None
     if ex.test_conversations:
-        test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len)[0]
+        test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len, ex.test_where)[0]
     return PreparedData(
         ex.task,
         template,

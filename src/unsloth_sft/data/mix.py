@@ -81,14 +81,18 @@ def load_mix(cfg: RunConfig):
         pick(n, len(ex.train_conversations), rng)
         for n, ex in zip(counts([len(ex.train_conversations) for ex in parts], d.sources), parts)
     ]
-    train = [(ex.train_conversations[j], i) for i, (ex, ids) in enumerate(zip(parts, chosen)) for j in ids]
+    train = [
+        (ex.train_conversations[j], i, f"data.sources[{i}] {ex.train_where[j]}")
+        for i, (ex, ids) in enumerate(zip(parts, chosen))
+        for j in ids
+    ]
     rng.shuffle(train)
     if d.max_samples is not None:
         train = train[: d.max_samples]
     total = len(train)
     report = []
     for i, (s, ex) in enumerate(zip(resolved, parts)):
-        n = sum(1 for _, k in train if k == i)
+        n = sum(1 for _, k, _ in train if k == i)
         report.append(
             {
                 "source": s.source,
@@ -100,16 +104,19 @@ def load_mix(cfg: RunConfig):
             }
         )
     test = [c for ex in parts for c in ex.test_conversations]
-    where = [f"data.sources[{k}]" for _, k in train]
+    test_where = [f"data.sources[{i}] {w}" for i, ex in enumerate(parts) for w in ex.test_where]
+    where = [w for _, _, w in train]
     return Examples(
         MIX_TASK,
-        Split([{"messages": c} for c, _ in train], where),
-        Split([{"messages": c} for c in test], [f"test {n + 1}" for n in range(len(test))]),
-        [c for c, _ in train],
+        Split([{"messages": c} for c, _, _ in train], where),
+        Split([{"messages": c} for c in test], test_where),
+        [c for c, _, _ in train],
         test,
         sum(ex.skipped for ex in parts),
         mix=report,
         sources=resolved,
+        train_where=where,
+        test_where=test_where,
     )
 
 

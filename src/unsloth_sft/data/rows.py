@@ -55,7 +55,28 @@ def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]
         if not isinstance(m["content"], str):
             raise DataError(f"{where}: {col}[{i}].content must be text, got {type(m['content']).__name__}")
         out.append({"role": m["role"], "content": m["content"]})
+    check_turn_order(out, where, col)
     return out
+
+
+def check_turn_order(messages: list[dict], where: str, col: str = "messages") -> None:
+    """A system message comes first or not at all, and the first turn after it is the user's: the rules every chat
+    template assumes (Gemma's raises on either), checked here, before a model loads, with the row named."""
+    roles = [m["role"] for m in messages]
+    late = next((i for i, role in enumerate(roles) if role == "system" and i > 0), None)
+    if late is not None:
+        raise DataError(
+            f"{where}: {col}[{late}] is a system message inside the conversation; a system message comes first: "
+            f"move it to {col}[0] or fold its text into the next user turn"
+        )
+    first = next((i for i, role in enumerate(roles) if role != "system"), None)
+    if first is None:
+        raise DataError(f"{where}: '{col}' has only a system message; add the user turn and the reply to learn")
+    if roles[first] == "assistant":
+        raise DataError(
+            f"{where}: {col}[{first}] opens the conversation with the assistant; a conversation starts with a user "
+            "turn: add the user message it answers, or drop the turn"
+        )
 
 
 def cell_text(row: dict, col: str, where: str) -> str:
@@ -98,8 +119,11 @@ def to_messages(
     return messages
 
 
-def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[dict]], int]:
-    """All rows of a split as conversations, and how many were skipped for an empty answer."""
+def conversations(
+    split: Split, task: str, cfg: DataConfig, wheres: list[str] | None = None
+) -> tuple[list[list[dict]], int]:
+    """All rows of a split as conversations, and how many were skipped for an empty answer; `wheres`, when given,
+    gets each kept conversation's file and line (for errors the tokenizer's template raises later)."""
     if not split.rows:
         return [], 0
     columns = list(split.rows[0]) if isinstance(split.rows[0], dict) else []
@@ -113,6 +137,8 @@ def conversations(split: Split, task: str, cfg: DataConfig) -> tuple[list[list[d
             skipped += 1
         else:
             out.append(messages)
+            if wheres is not None:
+                wheres.append(where)
     return out, skipped
 
 
@@ -129,13 +155,15 @@ class Examples:
     text_column: str | None = None  # raw text only
     mix: list[dict] = field(default_factory=list)  # data.sources: per source its task, examples, share (mix.py)
     sources: list | None = None  # data.sources with each task resolved (saved in config.yaml)
+    train_where: list[str] = field(default_factory=list)  # file and line of each training conversation
+    test_where: list[str] = field(default_factory=list)
 
 
 def source_examples(cfg: RunConfig) -> Examples:
     """One source (data.source) read, split, its task detected, its rows turned into conversations."""
     d = cfg.data
     check_columns(d)
-    train, test = train_test(d, cfg.train.seed)
+    train, test = train_test(d, cfg.train.seed, cfg.eval.max_samples)  # a carve no bigger than eval scores
     first = train.rows[0]
     if not isinstance(first, dict):
         raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
@@ -146,13 +174,15 @@ def source_examples(cfg: RunConfig) -> Examples:
         for row, where in zip(train.rows, train.where):
             cell_text(row, col, where)
         return Examples(task, train, test, text_column=col)
-    train_convs, skipped = conversations(train, task, d)
+    train_where: list[str] = []
+    test_where: list[str] = []
+    train_convs, skipped = conversations(train, task, d, train_where)
     if not train_convs:
         raise DataError(
             f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns"
         )
     test_convs: list[list[dict]] = []
     if test is not None and test.rows:
-        test_convs, test_skipped = conversations(test, task, d)
+        test_convs, test_skipped = conversations(test, task, d, test_where)
         skipped += test_skipped
-    return Examples(task, train, test, train_convs, test_convs, skipped)
+    return Examples(task, train, test, train_convs, test_convs, skipped, train_where=train_where, test_where=test_where)

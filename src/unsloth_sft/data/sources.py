@@ -12,6 +12,9 @@ from unsloth_sft.config.data import DataConfig
 from unsloth_sft.core.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+# A fractional data.test_size carves at most this many test rows (= eval.max_samples' default, what `eval` scores): 10 %
+# of 100k rows would hold 10,000 rows out of training for an evaluation that samples 200 of them
+MAX_CARVE = 200
 
 
 @dataclass
@@ -92,6 +95,9 @@ def _read_table(path: Path) -> dict[str, Split]:
             features = datasets.Features({name: datasets.Value("string") for name in header})
             ds = datasets.Dataset.from_csv(str(path), features=features, keep_default_na=False, na_filter=False)
         else:
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(str(path))  # a damaged file fails here, quietly (datasets would also log an error line)
             ds = datasets.Dataset.from_parquet(str(path))
     except Exception as err:  # pandas/pyarrow parse errors: name the file and keep their one-line reason
         raise DataError(f"{path}: cannot parse as {path.suffix[1:]} ({str(err).splitlines()[0][:200]})") from None
@@ -153,8 +159,15 @@ def read_source(cfg: DataConfig) -> dict[str, Split]:
     return _read_hub(cfg)
 
 
-def train_test(cfg: DataConfig, seed: int) -> tuple[Split, Split | None]:
-    """The training rows and the test rows: the source's test split, or a seeded carve of test_size."""
+def train_test(cfg: DataConfig, seed: int, max_carve: int | None = MAX_CARVE) -> tuple[Split, Split | None]:
+    """The training rows and the test rows: the source's test split, or a seeded carve of test_size.
+
+    A fractional test_size carves at most `max_carve` rows (said in one line); the rest stay in training. An integer
+    test_size is a count asked for, and is carved as given.
+    """
+    import math
+    import os
+
     import datasets
 
     splits = read_source(cfg)
@@ -169,6 +182,15 @@ def train_test(cfg: DataConfig, seed: int) -> tuple[Split, Split | None]:
     test = splits[test_name] if test_name else None
     if test is None and cfg.test_size > 0 and len(train.rows) > 1:
         size = int(cfg.test_size) if cfg.test_size >= 1 else cfg.test_size
+        wanted = math.ceil(size * len(train.rows)) if isinstance(size, float) else size  # as datasets counts
+        if isinstance(size, float) and max_carve is not None and wanted > max_carve:
+            size = max_carve
+            if os.environ.get("RANK", "0") == "0":  # once per job, not once per training process
+                print(
+                    f"data: test_size {cfg.test_size} of {len(train.rows)} rows would carve {wanted} test rows; "
+                    f"carving {max_carve} (the rest train; an integer data.test_size carves as many as it says)",
+                    flush=True,
+                )
         index = datasets.Dataset.from_dict({"i": list(range(len(train.rows)))})
         try:
             parts = index.train_test_split(test_size=size, seed=seed)

@@ -23,13 +23,22 @@ def _segments(rendered) -> list[tuple[str, bool]]:
     return pieces
 
 
-def tokenize(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int) -> tuple[dict, int]:
+def tokenize(
+    tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int, wheres: list[str] | None = None
+) -> tuple[dict, int]:
     """input_ids and labels for each conversation (prompt tokens -100), and how many were cut at max_len.
 
     Each piece between span edges is tokenized on its own, so no token straddles prompt and answer, and the
-    prompt's tokens are exactly those of the inference prompt (which ends where the answer starts).
+    prompt's tokens are exactly those of the inference prompt (which ends where the answer starts). A template
+    that refuses a conversation names its file and line (`wheres`, one per conversation).
     """
-    rendered = [render(tokenizer, c, template, cfg.last_turn_only) for c in convs]
+    rendered = []
+    for i, conv in enumerate(convs):
+        try:
+            rendered.append(render(tokenizer, conv, template, cfg.last_turn_only))
+        except DataError as err:
+            where = wheres[i] if wheres and i < len(wheres) else f"conversation {i + 1}"
+            raise DataError(f"{where}: {err}") from None
     pieces = [_segments(r) for r in rendered]
     flat = [text for p in pieces for text, _ in p]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
@@ -49,7 +58,9 @@ def tokenize(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig,
     return {"input_ids": input_ids, "labels": labels}, truncated
 
 
-def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int):
+def tokenize_cached(
+    tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int, wheres: list[str] | None = None
+):
     """tokenize(), as a datasets.Dataset, reused from the cache when tokenizer, template, settings and data match.
 
     Keyed on what decides the tokens: the tokenizer's vocabulary and merges, the chat template, the
@@ -59,12 +70,12 @@ def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: Data
 
     import datasets
 
-    from unsloth_sft.core.files import atomic_dir
+    from unsloth_sft.core.files import atomic_dir, remove_leftovers
     from unsloth_sft.core.paths import cache_root
     from unsloth_sft.core.quiet import no_progress_bars
 
     if not cfg.cache_tokenized:
-        tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len)
+        tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len, wheres)
         return datasets.Dataset.from_dict(tokens), truncated
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h = hashlib.sha256(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
@@ -75,8 +86,10 @@ def tokenize_cached(tokenizer, convs: list[list[dict]], template: str, cfg: Data
         with no_progress_bars(transformers=False):
             ds = datasets.load_from_disk(str(folder / "rows"))
         return ds, json.loads((folder / "meta.json").read_text())["truncated"]
-    tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len)
+    tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len, wheres)
     ds = datasets.Dataset.from_dict(tokens)
+    for note in remove_leftovers(folder.parent):  # a cache write a kill interrupted
+        print(note)
     try:
         with atomic_dir(folder) as tmp, no_progress_bars(transformers=False):  # a cache write is no news
             ds.save_to_disk(str(tmp / "rows"))

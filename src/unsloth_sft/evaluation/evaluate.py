@@ -11,10 +11,13 @@ from unsloth_sft import tasks
 from unsloth_sft.config.data import source_names
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import DataError
+from unsloth_sft.core.files import remove_leftovers
+from unsloth_sft.core.quiet import warn
 from unsloth_sft.data.prompts import prompts_for
 from unsloth_sft.evaluation.generate import generate, generation_speed
 from unsloth_sft.evaluation.loss import eval_loss
 from unsloth_sft.runs.folder import RunDir
+from unsloth_sft.runs.lock import locked
 
 
 def score(task: tasks.Task, references: list[str], tuned: list[str], base: list[str] | None = None) -> dict:
@@ -31,15 +34,25 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     `data_file`: the file `cfg` scores on instead of the run's own test split (see runs.config.run_config); the
     results then go to eval-NAME/, beside the run's own eval/.
     """
+    run = RunDir.of(run)
+    if cfg.data.task == "auto" and run.task:  # the task the run resolved when it started, not a new guess
+        cfg = cfg.with_task(run.task)
+    with locked(run.path):  # one writer per run folder: not while it trains or exports
+        run.model()  # no adapter/ or merged/: says so before the data is read
+        run.check_writable()  # a read-only run folder says so now, not after the evaluation
+        for note in remove_leftovers(run.path):  # what a killed earlier command left half-written
+            print(note)
+        if not run.is_finished:
+            warn(f"{run} is not finished (no metrics.json): scoring the weights it has")
+        return _evaluate(cfg, run, data_file)
+
+
+def _evaluate(cfg: RunConfig, run: RunDir, data_file: str | None) -> dict[str, Any]:
     from unsloth_sft.data.examples import has_test, load_examples, prepare
     from unsloth_sft.evaluation.report import write_eval
     from unsloth_sft.models.load import load_for_inference
     from unsloth_sft.tasks import metrics as M
 
-    run = RunDir.of(run)
-    if cfg.data.task == "auto" and run.task:  # the task the run resolved when it started, not a new guess
-        cfg = cfg.with_task(run.task)
-    run.model()  # no adapter/ or merged/: says so before the data is read
     no_test = DataError(
         f"{' + '.join(source_names(cfg.data))}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split"
     )
@@ -53,6 +66,7 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     data = prepare(cfg, tokenizer, examples)
     if data.test is None or len(data.test) == 0:  # e.g. raw text too short to carve a test block from
         raise no_test
+    test, test_convs = capped(cfg, data)
     base_model = None if which.base_switchable else load_for_inference(which.base)[0]
 
     def as_base():
@@ -62,17 +76,19 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
         "task": data.task,
         "template": data.template,
         "data": " + ".join(source_names(cfg.data)),
-        "test_examples": len(data.test),
+        "test_examples": len(test),
     }
+    if len(test) < len(data.test):
+        result["test_split_examples"] = len(data.test)
     with as_base():
-        base_loss = eval_loss(base_model or model, tokenizer, data.test, cfg.eval.batch_size)
-    tuned_loss = eval_loss(model, tokenizer, data.test, cfg.eval.batch_size)
+        base_loss = eval_loss(base_model or model, tokenizer, test, cfg.eval.batch_size)
+    tuned_loss = eval_loss(model, tokenizer, test, cfg.eval.batch_size)
     scores: dict[str, dict] = {"eval_loss": {"base": base_loss, "tuned": tuned_loss}}
     if record.metrics is None:  # nothing to generate (raw text): the loss as perplexity
         scores["perplexity"] = {"base": M.perplexity(base_loss), "tuned": M.perplexity(tuned_loss)}
         rows = []
     else:
-        convs = data.test_conversations[: cfg.eval.num_examples]
+        convs = test_convs[: cfg.eval.num_examples]
         references = [c[-1]["content"] for c in convs]
         tuned_prompts = prompts_for(tokenizer, convs, data.template)
         shot = data.train_conversations[0] if cfg.eval.num_shots == 1 and data.train_conversations else None
@@ -96,6 +112,33 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
     result["summary"] = write_eval(run.eval_dir(data_file), cfg.run_name, result, rows)
     result["examples"] = rows  # after the write: predictions.jsonl has them, metrics.json need not
     return result
+
+
+def sample_indices(total: int, cap: int | None, seed: int) -> list[int] | None:
+    """`cap` of `total` positions drawn with `seed`, in ascending order; None when the cap takes them all."""
+    if cap is None or total <= cap:
+        return None
+    import random
+
+    return sorted(random.Random(seed).sample(range(total), cap))
+
+
+def capped(cfg: RunConfig, data) -> tuple[Any, list[list[dict]]]:
+    """The test examples `eval` scores: all of them, or eval.max_samples drawn with train.seed (said in one line).
+
+    The tokenized test rows and the test conversations are one-to-one (raw text has blocks and no conversations),
+    so the same positions pick both: eval loss and generation score the same examples, for base and tuned alike.
+    """
+    test, convs = data.test, data.test_conversations
+    picked = sample_indices(len(test), cfg.eval.max_samples, cfg.train.seed)
+    if picked is None:
+        return test, convs
+    print(
+        f"eval: scoring {len(picked)} of {len(test)} test examples, drawn with train.seed {cfg.train.seed} "
+        f"(eval.max_samples {cfg.eval.max_samples}; null scores all)",
+        flush=True,
+    )
+    return test.select(picked), [convs[i] for i in picked] if convs else convs
 
 
 def check_eval_metric(cfg: RunConfig, task: str) -> None:

@@ -91,6 +91,27 @@ def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
     return out
 
 
+def check_output(input_path: Path, output_path: Path) -> None:
+    """The answers go to a new place: never over the input (same path, or the same file by another path or a
+    link), never below a file; checked before the model loads."""
+    import os
+
+    from unsloth_sft.core.errors import RunError
+
+    same = output_path.resolve() == input_path.resolve() or (
+        output_path.exists() and os.path.samefile(output_path, input_path)
+    )
+    if same:
+        raise DataError(f"--output {output_path} is the --input file; write the answers to another file")
+    parent = output_path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunError(f"--output {output_path}: {parent} is a file, not a folder; choose another output path")
+    if output_path.is_dir():
+        raise RunError(f"--output {output_path} is a folder; name a file, e.g. {output_path / 'answers.jsonl'}")
+
+
 def check_model_arg(model: str) -> None:
     """An adapter folder passed as --model: say how to pass it instead (before a slow load fails on it)."""
     folder = Path(model)
@@ -115,6 +136,7 @@ def infer_file(
 
     if not Path(input_path).is_file():
         raise DataError(f"{input_path}: input file not found")
+    check_output(Path(input_path), Path(output_path))
     check_model_arg(model_path)
     lines = read_input_lines(Path(input_path))
     model, tokenizer = load_for_inference(model_path, adapter)
@@ -155,6 +177,10 @@ def infer_target(
             raise ConfigError("--run takes the model from the run folder; leave out --model and --adapter")
         folder, cfg = run_from_params(params, overrides, run)
         which = folder.model()
+        if not folder.is_finished:
+            from unsloth_sft.core.quiet import warn
+
+            warn(f"{folder} is not finished (no metrics.json): answering with the weights it has")
         return cfg, which.weights, which.adapter, run_task(folder, cfg)
     if model is None:
         raise ConfigError("infer needs --run RUN_DIR, or --model BASE_OR_MERGED (with --adapter for a LoRA adapter)")

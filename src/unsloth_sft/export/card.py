@@ -93,16 +93,15 @@ def base_source(name: str) -> dict | None:
 
 def write_card(folder: Path, text: str, cfg: RunConfig) -> None:
     """The model card, plus the base model's terms file when its licence says it must travel with derivatives."""
-    from unsloth_sft.core.files import atomic_write_text
+    from unsloth_sft.core.files import atomic_file, atomic_write_text
 
     atomic_write_text(Path(folder) / "README.md", text)
     source = base_source(cfg.model.name)
     if source and source["license_file"]:
         from unsloth_sft.models.sources import resolve_model_path
 
-        shutil.copy(
-            Path(resolve_model_path(cfg.model.name)) / source["license_file"], Path(folder) / source["license_file"]
-        )
+        with atomic_file(Path(folder) / source["license_file"]) as tmp:
+            shutil.copyfile(Path(resolve_model_path(cfg.model.name)) / source["license_file"], tmp)
 
 
 def gguf_card(cfg: RunConfig, check: dict, files: list[str]) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from unsloth_sft.core import procs
 from unsloth_sft.core.errors import ModelError, RunError
 from unsloth_sft.core.paths import cache_root
 from unsloth_sft.export.modelfile import END_OF_TURN, modelfile
@@ -143,14 +143,14 @@ def convert(root: Path, folder: Path, out_file: Path, outtype: str) -> Path:
         outtype,
     ]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = procs.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():
         raise RunError(f"llama.cpp's converter failed ({outtype}): {_last_error(done.stderr + done.stdout)}")
     return out_file
 
 
 def quantize(tool: Path, source: Path, out_file: Path, quant: str) -> Path:
-    done = subprocess.run([str(tool), str(source), str(out_file), quant.upper()], capture_output=True, text=True)
+    done = procs.run([str(tool), str(source), str(out_file), quant.upper()], capture_output=True, text=True)
     if done.returncode != 0 or not out_file.is_file():
         raise RunError(f"llama-quantize failed ({quant}): {_last_error(done.stderr + done.stdout)}")
     return out_file
@@ -213,9 +213,9 @@ def metadata_check(gguf_file: Path, tokenizer, prompts: list[str]) -> dict:
 
 
 def _keys(gguf_file: Path) -> set[str]:
-    from gguf import GGUFReader
+    from unsloth_sft.models.gguf import open_gguf
 
-    return set(GGUFReader(str(gguf_file)).fields)
+    return set(open_gguf(gguf_file).fields)
 
 
 class _Discard(Exception):
@@ -228,9 +228,8 @@ def export_gguf(
     """({file: figures}, problem or None): every export.gguf_quant of `merged` into out_dir (atomically), each
     with its Modelfile, checked against the merged model and training's tokenizer. Nothing is written on a problem."""
     import contextlib
-    import tempfile
 
-    from unsloth_sft.core.files import atomic_dir
+    from unsloth_sft.core.files import atomic_dir, scratch_dir
     from unsloth_sft.export.check import check_gguf
 
     root = llama_cpp_dir()
@@ -240,8 +239,8 @@ def export_gguf(
         return {}, problem
     results: dict = {}
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="gguf-") as work, contextlib.suppress(_Discard):
-        staged = stage(merged, tokenizer, base_path, Path(work) / "model")
+    with scratch_dir(out_dir) as work, contextlib.suppress(_Discard):  # in the run folder: a kill leaves no /tmp trash
+        staged = stage(merged, tokenizer, base_path, work / "model")
         with atomic_dir(out_dir) as tmp:
             for quant in dict.fromkeys(cfg.export.gguf_quant):
                 out_file = tmp / f"{cfg.run_name}-{quant}.gguf"
@@ -249,7 +248,7 @@ def export_gguf(
                 if quant in CONVERTER_TYPES:
                     convert(root, staged, out_file, quant)
                 else:  # llama.cpp's quantizer starts from a 16-bit file
-                    f16 = Path(work) / "f16.gguf"
+                    f16 = work / "f16.gguf"
                     if not f16.is_file():
                         convert(root, staged, f16, "f16")
                     quantize(tool, f16, out_file, quant)

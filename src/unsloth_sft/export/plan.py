@@ -15,7 +15,8 @@ from typing import Any
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.config.types import SAVE_METHODS
 from unsloth_sft.core.errors import ConfigError, ModelError, RunError
-from unsloth_sft.core.files import write_json
+from unsloth_sft.core.files import remove_leftovers, write_json
+from unsloth_sft.core.quiet import warn
 from unsloth_sft.export import check as C
 from unsloth_sft.export.card import gguf_card, model_card, write_card
 from unsloth_sft.export.gguf import check_quants, export_gguf, llama_cpp_dir
@@ -29,6 +30,7 @@ from unsloth_sft.export.weights import (
     unsloth_only,
 )
 from unsloth_sft.runs.folder import MERGED_4BIT, RunDir
+from unsloth_sft.runs.lock import locked
 
 
 @dataclass
@@ -165,5 +167,11 @@ def export_run(
     export.gguf_quant), its metrics and its evaluation in the cards."""
     run = RunDir.of(run)
     cfg = run.config([f"export.gguf_quant=[{', '.join(quant)}]"] if quant else None)
-    eval_metrics = (run.eval_metrics() or {}).get("metrics")
-    return export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)
+    with locked(run.path):  # one writer per run folder: not while it trains or is evaluated
+        run.check_writable()
+        if not run.is_finished:
+            warn(f"{run} is not finished (no metrics.json): exporting the weights it has")
+        for note in remove_leftovers(run.path):
+            print(note)
+        eval_metrics = (run.eval_metrics() or {}).get("metrics")
+        return export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)

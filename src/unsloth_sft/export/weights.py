@@ -29,11 +29,12 @@ def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, max_shard_si
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unsloth_sft.models.backends import torch_dtype
-    from unsloth_sft.models.load import check_adapter_base
+    from unsloth_sft.models.load import check_adapter_base, check_adapter_files
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no LoRA adapter here (adapter_config.json missing); train first")
+    check_adapter_files(adapter_dir)  # a damaged adapter: one line, before the base loads
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype("auto"))
     if getattr(base.config, "quantization_config", None):
         base = base.dequantize()

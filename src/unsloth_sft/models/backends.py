@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 from unsloth_sft.core.errors import ModelError
-from unsloth_sft.core.quiet import NOISY_LOGGERS, stderr_to_stdout
+from unsloth_sft.core.quiet import silence_known_noise, stderr_to_stdout
 
 
 def unsloth_available() -> bool:
@@ -45,7 +44,6 @@ def torch_dtype(name: str):
 def import_backend(requested: str) -> str:
     """The backend a run will use; for unsloth, `import unsloth` now, before anything imports transformers,
     trl or peft (unsloth patches them on import, and warns when it comes second)."""
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    silence_known_noise()
     with stderr_to_stdout():
         return choose_backend(requested)

@@ -12,11 +12,10 @@ import functools
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from unsloth_sft.core.errors import ModelError
-from unsloth_sft.core.files import atomic_dir, atomic_file
+from unsloth_sft.core.files import atomic_dir, atomic_file, remove_leftovers, scratch_dir
 from unsloth_sft.core.paths import cache_root
 from unsloth_sft.models.catalogue import CATALOGUE, PackagedModel
 from unsloth_sft.models.gguf_tokenizer import build_tokenizer, check_tokenizer
@@ -60,6 +59,8 @@ def gguf_model_path(name: str) -> Path:
         )
     folder = cache_root() / "gguf" / f"{entry.name if entry else path.stem}-{digest[:12]}"
     if not (folder / SOURCE_FILE).is_file():
+        for note in remove_leftovers(folder.parent):  # a conversion a kill interrupted (a GGUF-sized temp folder)
+            print(note)
         convert(parts, folder, digest, entry)
     return folder
 
@@ -135,8 +136,8 @@ def ensure_sentencepiece(folder: str | Path) -> Path | None:
     if path.is_file() or source is None:
         return path if path.is_file() else None
     parts = [Path(p) for p in source["gguf"]]
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        gguf_file = parts[0] if len(parts) == 1 else concatenate(parts, Path(tmp) / "model.gguf")
+    with scratch_dir(folder) as tmp:
+        gguf_file = parts[0] if len(parts) == 1 else concatenate(parts, tmp / "model.gguf")
         meta = read_metadata(gguf_file)
         if meta["model"] != "llama":
             return None
@@ -153,16 +154,28 @@ def concatenate(parts: list[Path], out: Path) -> Path:
     return out
 
 
-def read_metadata(path: Path) -> dict:
-    """The GGUF's architecture, licence and tokenizer fields as plain Python values."""
+def open_gguf(path: Path):
+    """gguf's reader on a file, or one line when the file is not a whole GGUF (truncated download, wrong file)."""
     from gguf import GGUFReader
 
-    fields = GGUFReader(str(path)).fields
+    try:
+        return GGUFReader(str(path))
+    except (ValueError, IndexError, OSError, KeyError) as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise ModelError(
+            f"{path}: not a complete GGUF file ({reason}); download or copy it again (a partial download is cut "
+            "short), or point model.name at another file"
+        ) from None
+
+
+def read_metadata(path: Path) -> dict:
+    """The GGUF's architecture, licence and tokenizer fields as plain Python values."""
+    fields = open_gguf(path).fields
 
     def get(key, default=None):
         return fields[key].contents() if key in fields else default
 
-    return {
+    meta = {
         "architecture": get("general.architecture"),
         "name": get("general.name"),
         "license": get("general.license"),
@@ -181,6 +194,12 @@ def read_metadata(path: Path) -> dict:
         "add_space_prefix": bool(get("tokenizer.ggml.add_space_prefix", False)),
         "chat_template": get("tokenizer.chat_template"),
     }
+    if not meta["architecture"] or not meta["tokens"] or meta["bos"] is None and meta["eos"] is None:
+        raise ModelError(
+            f"{path}: a GGUF without a model or a tokenizer (general.architecture, tokenizer.ggml.tokens); "
+            "download or copy it again, or point model.name at another file"
+        )
+    return meta
 
 
 def load_gguf_weights(gguf_file: Path, config=None):

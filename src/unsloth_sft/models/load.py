@@ -9,6 +9,7 @@ from typing import Any
 
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import ModelError
+from unsloth_sft.core.quiet import warn
 from unsloth_sft.models.backends import choose_backend, torch_dtype
 from unsloth_sft.models.chat_templates import set_chat_template
 from unsloth_sft.models.params import freeze
@@ -52,6 +53,12 @@ def load_base(cfg: RunConfig) -> LoadedModel:
     loader = _load_unsloth if backend == "unsloth" else _load_transformers
     model, tokenizer = loader(cfg, path)
     set_chat_template(tokenizer, cfg.model.chat_template, backend)  # saved with the adapter / merged model
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and cfg.model.max_seq_length > context:
+        warn(
+            f"model.max_seq_length {cfg.model.max_seq_length} is beyond {cfg.model.name}'s context of {context} "
+            f"tokens: positions past it were never trained; lower it to {context} or less"
+        )
     if cfg.finetune == "full":
         freeze(model, cfg.train)
     if tokenizer.pad_token is None:
@@ -111,9 +118,7 @@ def load_for_inference(model_path: str, adapter: str | None = None):
 
     path = resolve_model_path(model_path)
     if adapter is not None:
-        adapter_cfg = Path(adapter) / "adapter_config.json"
-        if not adapter_cfg.is_file():
-            raise ModelError(f"{adapter}: no adapter_config.json, so it is not a LoRA adapter folder")
+        check_adapter_files(adapter)  # before the base loads: a damaged adapter costs a second, not a model load
     dtype = torch_dtype("auto")
     try:
         tokenizer = AutoTokenizer.from_pretrained(adapter or path)
@@ -135,18 +140,46 @@ def load_for_inference(model_path: str, adapter: str | None = None):
     return model, tokenizer
 
 
-def check_adapter_base(adapter: str, model) -> None:
-    """Refuse an adapter trained on a different architecture/shape than `model` (one line, both names)."""
+def check_adapter_files(adapter: str | Path) -> str | None:
+    """An adapter folder that can be read: its config is JSON and its weights file is whole (a copy cut short, a
+    full disk while saving). Cheap, so it runs before any model loads. Returns the base the adapter names."""
     import json
 
     from safetensors import safe_open
 
-    weights = Path(adapter) / "adapter_model.safetensors"
+    folder = Path(adapter)
+    config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config.is_file():
+        raise ModelError(f"{adapter}: no adapter_config.json, so it is not a LoRA adapter folder")
     if not weights.is_file():
         raise ModelError(f"{adapter}: no adapter_model.safetensors")
+    fix = "the adapter is damaged or cut short: copy it again, or re-train (the run resumes from its last checkpoint)"
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        with safe_open(str(weights), "pt") as f:
+            for key in f.keys():
+                f.get_slice(key).get_shape()
+    except Exception as err:  # JSONDecodeError, safetensors' SafetensorError (a Rust error type)
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise ModelError(f"{adapter}: cannot read the adapter ({reason}); {fix}") from None
+    size = weights.stat().st_size
+    with open(weights, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        end = max(
+            (v["data_offsets"][1] for k, v in json.loads(f.read(header)).items() if k != "__metadata__"), default=0
+        )
+    if size < 8 + header + end:
+        raise ModelError(f"{weights}: {size} bytes, its header promises {8 + header + end}; {fix}")
+    return base
+
+
+def check_adapter_base(adapter: str, model) -> None:
+    """Refuse an adapter trained on a different architecture/shape than `model` (one line, both names)."""
+    from safetensors import safe_open
+
+    base_name = check_adapter_files(adapter)
     params = dict(model.named_parameters())
-    base_name = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    with safe_open(str(weights), "pt") as f:
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         for key in f.keys():
             if ".lora_A." not in key:
                 continue

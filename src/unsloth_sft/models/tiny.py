@@ -6,7 +6,8 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from unsloth_sft.core.files import atomic_dir
+from unsloth_sft.core import procs
+from unsloth_sft.core.files import atomic_dir, remove_leftovers
 from unsloth_sft.core.paths import cache_root
 from unsloth_sft.models.chat_templates import GEMMA_CHAT_TEMPLATE
 
@@ -64,11 +65,12 @@ def tiny_model_path() -> Path:
 def _build_in_child(path: Path) -> None:
     """Build in a child process, so its transformers import comes before no unsloth import of ours, and its
     training logs and progress bars stay out of this process's output (a notebook shows one line)."""
-    import subprocess
     import sys
 
+    for note in remove_leftovers(path.parent):  # a build a kill interrupted
+        print(note)
     print(f"building the tiny model once, into {path} (~30 s)", flush=True)
-    done = subprocess.run([sys.executable, "-m", "unsloth_sft.models.tiny", str(path)], capture_output=True, text=True)
+    done = procs.run([sys.executable, "-m", "unsloth_sft.models.tiny", str(path)], capture_output=True, text=True)
     if done.returncode != 0 or not (path / "config.json").is_file():
         raise RuntimeError(f"building the tiny model failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unsloth_sft.core.errors import ModelError, RunError
-from unsloth_sft.core.files import read_json
+from unsloth_sft.core.files import check_writable, pid_alive, read_json, remove_leftovers
 
 CONFIG, METRICS, ENVIRONMENT = "config.yaml", "metrics.json", "environment.json"
 ADAPTER, MERGED, EVAL, CHECKPOINTS = "adapter", "merged", "eval", "checkpoints"
@@ -234,19 +234,23 @@ class RunDir:
         # Only notebooks in the folder: the one papermill is writing for this very run, nothing to set aside.
         earlier = self.path.is_dir() and any(p.suffix != ".ipynb" for p in self.path.iterdir())
         aside = self.set_aside() if cfg.overwrite and earlier else None
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise RunError(f"{self.path}: cannot write here ({err.strerror}); choose a writable output_dir") from None
+        self.check_writable(create=True)
+        for note in remove_leftovers(self.path):  # what a killed earlier attempt left half-written
+            print(note)
+        for old in sorted(self.path.parent.glob(f".{self.path.name}.old-*")):
+            pid = old.name.rsplit("-", 1)[-1]
+            if old != aside and pid.isdigit() and not pid_alive(int(pid)):
+                print(f"note: {old} is a run an interrupted overwrite set aside; move it back or delete it")
         if aside is not None:
             print(f"overwrite: the previous run is in {aside} until this one finishes")
         resume_from = self.resume_point(cfg.train.resume)
         if resume_from is None:
             self.clear_outputs()
         return resume_from, aside
+
+    def check_writable(self, create: bool = False) -> None:
+        """The folder takes a write: say so now, not after minutes of work (a read-only copy of a run, say)."""
+        check_writable(self.path, create)
 
     def clear_outputs(self) -> None:
         """Remove what an unfinished earlier attempt left (models, eval, loss curve): a fresh run writes its own."""

@@ -35,6 +35,7 @@ SHORT = {
     "model.name": "model",
     "data.source": "data",
 }
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${VAR} in sweep.storage, read from the environment
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 RANGE = re.compile(rf"^\s*({NUMBER})\s*:\s*({NUMBER})\s*(?::\s*(log))?\s*$")  # LOW:HIGH or LOW:HIGH:log
 
@@ -53,6 +54,11 @@ class SweepConfig:
     notebook: str | None = None  # run each variant through this notebook with papermill; None: the CLI path
     evaluate: bool = True  # score base vs tuned after training (the leaderboard's metrics need it)
     dir: str | None = None  # the sweep folder; None: OUTPUT_DIR/RUN_NAME-sweep
+    # optuna: where the study lives, an Optuna storage URL (postgresql://, mysql+pymysql://, sqlite:///PATH) or
+    # journal:PATH (a journal file on a shared filesystem); ${VAR} is read from the environment when the study
+    # opens, so a password never lands in sweep.yaml. None: study.db (SQLite) in the sweep folder
+    storage: str | None = None
+    study: str | None = None  # the study's name in the storage; None: "sweep" in study.db, else RUN_NAME-sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Sweep:
     spec: SweepConfig
     folder: Path
     base: RunConfig
+    worker: bool = False  # --worker: one of many sweep processes sharing the study in sweep.storage
 
     @property
     def direction(self) -> str:
@@ -139,6 +146,60 @@ def check_sweep(spec: SweepConfig) -> None:
         raise ConfigError("--seeds repeats grid variants; with --search optuna put train.seed in the grid instead")
     if spec.search == "optuna" and importlib.util.find_spec("optuna") is None:
         raise ConfigError("--search optuna needs Optuna: pip install 'unsloth-sft[sweep]' (or pip install optuna)")
+    check_repeats(spec)
+    if spec.storage is not None or spec.study is not None:
+        check_storage(spec)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Two grid values that make the same config value: 1e-3 (YAML 1.1 reads it as text) and 0.001 are one."""
+    a, b = (float(v) if isinstance(v, str) and re.fullmatch(NUMBER, v.strip()) else v for v in (a, b))
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def check_repeats(spec: SweepConfig) -> None:
+    """A value given twice would train (or offer Optuna) the same variant twice: refused, naming key and value."""
+    for key, values in spec.grid.items():
+        if not isinstance(values, list):
+            continue
+        for i, later in enumerate(values):
+            j = next((j for j in range(i) if same_value(values[j], later)), None)
+            if j is not None:
+                first = values[j]
+                shown = f"{first} is given twice" + (f" (as {first} and {later})" if str(first) != str(later) else "")
+                raise ConfigError(
+                    f"sweep.grid.{key}: the value {shown} and would train the same variant twice; "
+                    "remove the repeat (--seeds N repeats every variant with its own seed)"
+                )
+
+
+def check_storage(spec: SweepConfig) -> None:
+    """sweep.storage is an Optuna storage URL or journal:PATH, holding no password of its own: ${VAR} takes it."""
+    from urllib.parse import urlsplit
+
+    if spec.search != "optuna":
+        raise ConfigError("sweep.storage / sweep.study hold an Optuna study: they need --search optuna")
+    url = spec.storage
+    if url is None:
+        return
+    if url.startswith("journal:"):
+        if not url[len("journal:") :].strip():
+            raise ConfigError("sweep.storage journal: needs a file path, e.g. journal:/shared/sweeps/demo.log")
+        return
+    if ENV_VAR.fullmatch(url):  # the whole URL from the environment
+        return
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise ConfigError(
+            f"sweep.storage '{url}': expected an Optuna storage URL (postgresql://USER@HOST/DB, "
+            "mysql+pymysql://USER@HOST/DB, sqlite:///PATH) or journal:PATH"
+        )
+    password = urlsplit(url).password
+    if password is not None and not ENV_VAR.fullmatch(password):
+        raise ConfigError(
+            "sweep.storage holds a password, which would be saved in sweep.yaml and shown in messages: write it as "
+            "${VAR} (e.g. postgresql://USER:${PGPASSWORD}@HOST/DB, single-quoted on a command line) with VAR set in "
+            "the environment"
+        )
 
 
 def sweep_config(raw: dict[str, Any], where: str) -> SweepConfig:
@@ -179,13 +240,19 @@ def load_sweep(params: str, overrides: list[str], options: dict[str, Any]) -> Sw
         if not isinstance(raw_sweep, dict):
             raise ConfigError(f"{given}: sweep: expected a mapping (grid:, search:, ...), got {raw_sweep!r}")
     grid = options.pop("grid", None) or {}
+    worker = bool(options.pop("worker", False))
     raw_sweep = {**raw_sweep, **{k: v for k, v in options.items() if v is not None}}
     raw_sweep["grid"] = {**(raw_sweep.get("grid") or {}), **grid}
     spec = sweep_config(raw_sweep, str(given))
     base = load_config(recipe, overrides)
     folder = Path(spec.dir) if spec.dir else Path(base.output_dir) / f"{base.run_name}-sweep"
     spec = dataclasses.replace(spec, dir=str(folder))
-    return Sweep(recipe, source, list(overrides), spec, folder, base)
+    if worker and (spec.search != "optuna" or spec.storage is None):
+        raise ConfigError(
+            "--worker shares one Optuna study between sweep processes: give --search optuna and --storage URL "
+            "(sweep.storage: postgresql://..., mysql+pymysql://..., sqlite:///PATH, or journal:PATH on a shared disk)"
+        )
+    return Sweep(recipe, source, list(overrides), spec, folder, base, worker)
 
 
 def short_value(value: Any) -> str:

@@ -4,7 +4,8 @@ A sweep is not part of a run's config: a run folder's config.yaml describes one 
 params file has its own small schema here (`SweepConfig`) and `load_config` leaves it out of the RunConfig. The
 sweep folder holds what reproduces it: `recipe.yaml` (the params file), `sweep.yaml` (its --set overrides and the
 resolved sweep section), `variants/NAME.yaml` (each variant's resolved config), `logs/NAME.log`, `study.db`
-(Optuna), and one run folder per variant, which `unsloth_sft.studies.variant` trains and evaluates.
+(Optuna, unless `sweep.storage` puts the study elsewhere, see `studies.storage`), and one run folder per variant,
+which `unsloth_sft.studies.variant` trains and evaluates.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Literal
 
 from unsloth_sft.config.load import save_config
 from unsloth_sft.config.run import RunConfig
+from unsloth_sft.core import procs
 from unsloth_sft.runs.folder import RunDir
 from unsloth_sft.studies.spec import LOGS, VARIANTS, Sweep
 
@@ -50,7 +51,7 @@ def run_variant(sweep: Sweep, cfg: RunConfig, threads: int | None = None) -> Out
         env.setdefault("OMP_NUM_THREADS", str(threads))
     started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        code = procs.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     wall = time.perf_counter() - started
     if code == 0:
         return Outcome(name, "finished", wall_s=wall)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
         output = restore_finished(trainer, Path(resume_from), load_best(cfg.train))
         memory.on_train_end(trainer.args, trainer.state, trainer.control)
     else:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        output = fit_or_explain(trainer, resume_from)
     if nan is not None and nan.bad_step is not None:
         raise RunError(
             f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
@@ -142,3 +143,20 @@ def stop_summary(cfg: RunConfig, trainer) -> dict[str, Any]:
 
 def loss_history(trainer) -> list[dict]:
     return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+
+
+def fit_or_explain(trainer, resume_from: Path | None):
+    """trainer.train; a full disk while the Trainer writes a checkpoint (its own writer, not ours) becomes one line,
+    and the half-written checkpoint goes: a rerun resumes from the last complete one."""
+    from unsloth_sft.core.files import cannot_write, write_problem
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError
+        if write_problem(err) is None:
+            raise
+        checkpoints = Path(trainer.args.output_dir)
+        for partial in checkpoints.glob("checkpoint-*"):
+            if not (partial / "trainer_state.json").is_file():  # written last: without it, the save was cut
+                shutil.rmtree(partial, ignore_errors=True)
+        raise cannot_write(checkpoints, err) from None

@@ -24,7 +24,28 @@ def trackers(cfg: RunConfig) -> list[str]:
             raise ConfigError(
                 f"train.report_to: {name} is not installed; pip install {name}{extra}, or remove it from report_to"
             )
+    if "wandb" in names:
+        check_wandb_login()
     return names
+
+
+def check_wandb_login() -> None:
+    """wandb needs a login or an offline mode; without either it fails after the model loaded, leaving half a run."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+        return
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai"):  # what `wandb login` writes
+            return
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    raise ConfigError(
+        "train.report_to: wandb has no login here; run `wandb login` (or set WANDB_API_KEY), set WANDB_MODE=offline "
+        "to log into the run folder, or remove wandb from report_to"
+    )
 
 
 def tracker_env(cfg: RunConfig, names: list[str]) -> None:
