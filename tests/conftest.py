@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,39 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"bad-input cases: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
         )
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; scripts/setup.sh installs it when apt-get is there
+# Chromium on a machine with a closed network: no sandbox as root, no background connections, a fresh profile.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium, headless, through Playwright (never its own downloaded browser)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no browser: {CHROMIUM} not found (scripts/setup.sh installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
+    with sync_api.sync_playwright() as p:
+        profile = ROOT / ".cache" / f"chromium-profile-{os.getpid()}"  # a fresh --user-data-dir for each run
+        shutil.rmtree(profile, ignore_errors=True)
+        context = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)

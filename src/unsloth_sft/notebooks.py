@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config.load import check_secret, load_config
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import ConfigError, RunError
+from unsloth_sft.core.quiet import is_verbose
 from unsloth_sft.runs.folder import RunDir
 
 SECTIONS = ("run_name", "output_dir", "finetune", "overwrite", "model", "lora", "data", "train", "eval", "export")
@@ -82,13 +85,16 @@ def side_by_side(before: list[dict], after: list[dict]) -> str:
 
 
 def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, Any]) -> Path:
-    """papermill, headless, into `output` (its folder made first); a failing cell becomes one line naming the cell."""
+    """papermill, headless, into `output` (its folder made first), streaming the cells' output; a failing cell
+    becomes one line naming the cell."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     if not Path(notebook).is_file():
         raise ConfigError(f"{notebook}: notebook not found (notebooks/train.ipynb, evaluate.ipynb, infer.ipynb)")
     output.parent.mkdir(parents=True, exist_ok=True)
+    if not is_verbose():  # tqdm.auto in a kernel without ipywidgets warns once per import: it says nothing to act on
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -98,6 +104,11 @@ def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, A
             language="python",
             cwd=str(Path.cwd()),
             progress_bar=False,
+            log_output=True,  # each cell's output as it comes: the stage and step lines of a long run
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+            # the kernel's own start-up notices (e.g. "Kernel is running over TCP without encryption") are not ours
+            extra_arguments=[] if is_verbose() else ["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as err:
         raise RunError(f"{err.ename}: {err.evalue} (in {output}, cell {err.exec_count})") from None

@@ -16,13 +16,15 @@ from unsloth_sft.config.data import source_names
 from unsloth_sft.config.load import save_config
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.config.train import eval_strategy
-from unsloth_sft.core.errors import DataError
+from unsloth_sft.core.errors import DataError, SFTError
 from unsloth_sft.core.files import write_json
+from unsloth_sft.core.progress import stage
 from unsloth_sft.core.quiet import no_progress_bars
 from unsloth_sft.data.examples import PreparedData, check_trainable, has_test, load_examples, pick_examples, prepare
 from unsloth_sft.data.mix import mix_lines
 from unsloth_sft.data.rows import Examples
 from unsloth_sft.evaluation.generate import generate
+from unsloth_sft.evaluation.run_report import write_run_report
 from unsloth_sft.export.plan import Live, check_methods, export
 from unsloth_sft.models import load, lora
 from unsloth_sft.models.backends import import_backend
@@ -60,25 +62,38 @@ class Run:
     metrics: dict | None = None
     set_aside: Path | None = None  # an overwritten run, kept until this one has finished
     lock: RunLock | None = None  # the run folder's one-writer lock (rank 0), held from begin to finish
+    recipe: str | None = None  # the params file the config came from (None: papermill -f sections, or defaults)
 
     @property
     def run_dir(self) -> Path:
         return self.folder.path
 
 
-def begin(cfg: RunConfig) -> Run:
+STAGES = 6  # begin, load_base, add_lora, load_data, fit, finish
+
+
+def say(n: int, name: str) -> None:
+    """The stage line (`[5/6] train`), once per job: by rank 0."""
+    if is_main_process():
+        stage(n, STAGES, name)
+
+
+def begin(cfg: RunConfig, recipe: str | Path | None = None) -> Run:
     """Stage 1, before any model loads: the launch, the run folder (finished? resumable with this config?
     writable?), the data (read and shaped without a tokenizer), the chat template and the trackers are checked;
     data.task is resolved. Nothing is written but the run's lock (beside the folder): every input error stops here,
     in seconds, not after a model load, and a second writer of the same folder stops here too.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
+    say(1, "check the config, the run folder and the data")
     folder = RunDir(cfg.run_dir)
     if is_main_process():
         folder.check(cfg)  # a finished run, a config that cannot resume, a place that takes no folder
     lock = RunLock(folder.path).acquire() if is_main_process() else None
     try:
-        return _checked(cfg, folder, lock)
+        run = _checked(cfg, folder, lock)
+        run.recipe = str(recipe) if recipe else None
+        return run
     except BaseException:
         if lock is not None:
             lock.release()
@@ -104,6 +119,7 @@ def load_base(run: Run) -> str:
 
     With several processes the tiny model is built (or a GGUF converted) once, by rank 0. Returns one line.
     """
+    say(2, f"load {run.cfg.model.name}")
     init_distributed()
     with main_first():
         resolve_model_path(run.cfg.model.name)
@@ -115,6 +131,7 @@ def load_base(run: Run) -> str:
 
 def add_lora(run: Run) -> str:
     """Stage 3: LoRA adapters on the target modules (none for finetune: full). Returns one line."""
+    say(3, "LoRA adapters" if run.cfg.finetune != "full" else "full fine-tuning: every weight trains")
     with no_progress_bars():  # a bad target_modules stays the only line on stderr
         run.loaded = lora.add_lora(run.cfg, run.loaded)
     lm = run.loaded
@@ -133,6 +150,7 @@ def load_data(run: Run) -> str:
     """Stage 4: the examples tokenized with the model's tokenizer (prompt tokens -100) and checked; then the run
     folder is opened (resume point, an overwritten run set aside) and gets config.yaml and environment.json.
     Returns one line on what training will see."""
+    say(4, "tokenize the data")
     cfg = run.cfg
     with no_progress_bars():
         run.data = prepare(cfg, run.loaded.tokenizer, run.examples)
@@ -152,27 +170,47 @@ def load_data(run: Run) -> str:
         if run.data.mix:  # the shares the mix came to, beside the weights that asked for them
             header = "\n".join([header, "data mix:", *mix_lines(run.data.mix)]).strip("\n")
         save_config(cfg, folder.config_file, header)
-        write_json(folder.environment_file, {**environment(), "model_source": source})
+        recipe = {"path": run.recipe, "changes": recipe_changes(run.recipe, cfg)}
+        write_json(folder.environment_file, {**environment(), "model_source": source, "recipe": recipe})
     run.resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run.set_aside = aside
     return f"data: {data_line(run.data, cfg)}"
 
 
-def start(cfg: RunConfig) -> Run:
+def recipe_changes(recipe: str | None, cfg: RunConfig) -> list[dict]:
+    """What the run's config changed from its recipe (or from the library defaults): --set, notebook parameters,
+    and what the run resolved (data.task auto -> the task), as [{"key", "recipe", "run"}]."""
+    from unsloth_sft.config.diff import flatten
+    from unsloth_sft.config.load import load_config
+
+    try:
+        base = load_config(recipe).to_dict() if recipe else RunConfig().to_dict()
+    except SFTError:  # the file changed or moved since: the diff is what is lost, not the run
+        return []
+    old, new = flatten(base), flatten(cfg.to_dict())
+    return [
+        {"key": k, "recipe": old.get(k), "run": new.get(k)}
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
+
+
+def start(cfg: RunConfig, recipe: str | Path | None = None) -> Run:
     """Stages 1-4: checks, base model, LoRA, data and the run folder, ready to `fit`.
 
     With several processes every rank calls this; rank 0 alone writes, and the others take its resume point.
     """
-    run = begin(cfg)
+    run = begin(cfg, recipe)
     try:
         load_base(run)
-        lines = [add_lora(run), load_data(run), parameter_groups(run)]
+        for step in (add_lora, load_data, parameter_groups):
+            line = step(run)
+            if is_main_process():
+                print(line, flush=True)
     except BaseException:
         if run.lock is not None:  # a bad model or data: the folder is free again at once
             run.lock.release()
         raise
-    if is_main_process():
-        print("\n".join(lines))
     return run
 
 
@@ -224,6 +262,7 @@ def data_line(d: PreparedData, cfg: RunConfig) -> str:
 
 def fit(run: Run) -> dict:
     """Train with TRL's SFTTrainer (resuming from the newest checkpoint when there is one)."""
+    say(5, "train")
     cfg, d, tok = run.cfg, run.data, run.loaded.tokenizer
     evaluating = eval_strategy(cfg.train) != "no"
     callbacks = []
@@ -275,6 +314,7 @@ def finish(run: Run) -> dict:
 
     Rank 0 writes everything; the other ranks only join the weight gather of FSDP / ZeRO-3, then return.
     """
+    say(6, "save: " + ", ".join(run.cfg.export.save_methods))
     cfg, lm, folder = run.cfg, run.loaded, run.folder
     target = folder.merged if cfg.finetune == "full" else folder.adapter
     sharded = save_sharded(run.trainer, target, lm.tokenizer)  # FSDP / ZeRO-3 only; a collective, so before the return
@@ -297,6 +337,7 @@ def finish(run: Run) -> dict:
         private=cfg.export.private,
     )
     write_json(folder.metrics_file, run.metrics)
+    write_run_report(folder)
     RunDir.drop(run.set_aside)  # the new run is complete: the one it replaced can go
     if run.lock is not None:
         run.lock.release()
@@ -313,9 +354,10 @@ def release(run: Run) -> None:
     gc.collect()
 
 
-def run_training(cfg: RunConfig) -> dict:
-    """The whole training job: start, fit, finish. Returns metrics.json's content."""
-    run = start(cfg)
+def run_training(cfg: RunConfig, recipe: str | Path | None = None) -> dict:
+    """The whole training job: start, fit, finish. Returns metrics.json's content. `recipe`: the params file the
+    config came from (the run report shows what the run changed from it)."""
+    run = start(cfg, recipe)
     try:
         fit(run)
         return finish(run)

@@ -18,17 +18,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "params" / "demo-cpu.yaml"
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; scripts/setup.sh installs it when apt-get is there
-# Chromium on a machine with a closed network: no sandbox as root, no background connections, a fresh profile.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
 SCREENSHOT_ENV = "UNSLOTH_SFT_SCREENSHOT"  # also save the page's screenshot there (docs/playground.png was made so)
 START_LIMIT_S = 240  # model load + Gradio start on 2 busy cores; the test fails with the server's log after it
 
@@ -233,27 +222,10 @@ def test_chat_input_renders_every_turn_in_the_template(pg):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, headless, through Playwright (never its own downloaded browser)."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no browser: {CHROMIUM} not found (scripts/setup.sh installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
+def browser(chromium):
+    """The shared headless Chromium (tests/conftest.py), for a page that needs Gradio."""
     pytest.importorskip("gradio", reason='gradio not installed: pip install "unsloth-sft[ui]"')
-    with sync_api.sync_playwright() as p:
-        profile = ROOT / ".cache" / f"chromium-profile-{os.getpid()}"  # a fresh --user-data-dir for each run
-        shutil.rmtree(profile, ignore_errors=True)
-        context = p.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    return chromium
 
 
 def wait_until_served(proc: subprocess.Popen, url: str, log: Path) -> None:

@@ -317,3 +317,27 @@ def test_compare_notebook_renders_the_leaderboard_of_a_sweep(grid_sweep, tmp_pat
     )
     text = json.dumps(json.loads(out.read_text(encoding="utf-8"))["cells"])
     assert "t_lr5e-3_r8" in text and "best by eval_loss" in text and "image/png" in text
+
+
+def test_compare_descends_into_every_run_below_and_writes_numbers_for_people(tmp_path):
+    """compare PARENT finds the runs of sweeps and folders below it, skips what lives inside a run, and writes
+    tokens/s as 10,180 (not 1.018e+04) in the markdown and HTML pages, every digit in the CSV."""
+    from unsloth_sft.config.load import save_config
+
+    def run(folder: Path, lr: float) -> None:
+        folder.mkdir(parents=True)
+        save_config(load_config(None, [f"run_name={folder.name}", f"train.learning_rate={lr}"]), folder / "config.yaml")
+        (folder / "metrics.json").write_text(json.dumps({"tokens_per_s": 10180.3, "runtime_s": 75.25}))
+
+    run(tmp_path / "sweep-a" / "a1", 1e-3)
+    run(tmp_path / "sweep-a" / "a2", 2e-3)
+    run(tmp_path / "more" / "sweep-b" / "b1", 3e-3)
+    (tmp_path / "sweep-a" / "a1" / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # a run's own parts: not runs
+    run(tmp_path / "sweep-a" / ".a1.old-20261204-1", 9e-3)  # a run set aside by an overwrite: hidden, not listed
+    board = compare([tmp_path], out=tmp_path / "board")
+    assert sorted(r.name for r in board.rows) == ["a1", "a2", "b1"]
+    page = (tmp_path / "board" / "leaderboard.md").read_text(encoding="utf-8")
+    assert "10,180" in page and "e+04" not in page and "| 75.2 |" in page
+    assert read_csv(tmp_path / "board" / "leaderboard.csv")[0]["tokens_per_s"] == "10180.3"
+    html = (tmp_path / "board" / "leaderboard.html").read_text(encoding="utf-8")
+    assert "<table>" in html and "10,180" in html

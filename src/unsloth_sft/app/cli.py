@@ -10,14 +10,20 @@ from unsloth_sft.app.commands import COMMANDS
 from unsloth_sft.core.errors import SFTError
 from unsloth_sft.core.files import write_problem
 from unsloth_sft.core.procs import terminate_as_interrupt
-from unsloth_sft.core.quiet import silence_known_noise
+from unsloth_sft.core.quiet import quiet_terminal
 
 EXIT_BAD_INPUT = 2
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unsloth-sft", description="Supervised fine-tuning with Unsloth, TRL and peft.")
+    verbose = "also show what the libraries print (their warnings, progress bars and the Trainer's log dicts)"
+    p.add_argument("--verbose", action="store_true", help=verbose)
+    common = argparse.ArgumentParser(add_help=False)  # --verbose after the command too
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda name, **kwargs: add_parser(name, parents=[common], **kwargs)
 
     def with_params(name: str, help: str, before: tuple[str, str] | None = None, optional: bool = False):
         s = sub.add_parser(name, help=help)
@@ -120,7 +126,7 @@ def _sweep_parsers(sub, with_params) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    silence_known_noise()  # stderr is for this command's own error line
+    quiet_terminal(args.verbose)  # our progress and errors only, unless --verbose
     try:
         with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does: temporary files, children, the lock
             return COMMANDS[args.command](args)

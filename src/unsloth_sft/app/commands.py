@@ -50,7 +50,7 @@ def train(args) -> int:
     from unsloth_sft.pipeline import run_training
 
     cfg = load_params(args.params, args.overrides)
-    run_training(cfg)
+    run_training(cfg, recipe=args.params)
     if os.environ.get("RANK", "0") == "0":  # one summary per job, not one per process
         print_summary(cfg.run_dir)
     return 0
@@ -60,9 +60,11 @@ def notebook(args) -> int:
     from unsloth_sft.notebooks import run_notebook
 
     cfg = load_params(args.params, args.overrides, "notebook")
-    out = run_notebook(args.notebook, args.params, args.overrides, args.output)
+    out = run_notebook(args.notebook, args.params, args.overrides, args.output)  # the cells' output streams
     print(f"executed notebook: {out}")
-    print_summary(cfg.run_dir)
+    report = cfg.run_dir / "report.html"
+    if report.is_file():
+        print(f"report: {report}")
     return 0
 
 

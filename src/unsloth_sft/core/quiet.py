@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 
 # bitsandbytes tries to fetch an optional CPU kernel from the Hub when it is imported on AVX512-BF16 CPUs and
 # logs a warning when it cannot (offline, or no `kernels` package); its own fallback kernel is then used.
 NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+# What the field's libraries print that tells a user nothing, turned off by their own documented switches: transformers'
+# advisory warnings and weight-loading bars, huggingface_hub's and datasets' progress bars (`Loading weights`,
+# `Truncating train dataset`, `Writing model shards`). Our own progress (core.progress) says where a command is.
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+VERBOSE_ENV = "UNSLOTH_SFT_VERBOSE"  # set by `unsloth-sft --verbose`: every library's own output, as it prints it
+
+
+def quiet_terminal(verbose: bool = False) -> None:
+    """The CLI's output: ours only, unless verbose. A variable the user set keeps their value. Before any import of
+    the libraries it steers (they read these when they load), and inherited by notebooks and sweep trials."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if not sys.stdout.isatty():  # in a log, any library's tqdm bar is a run of \r-joined fragments: ours are lines
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    silence_known_noise()
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") == "1"
 
 
 def silence_known_noise() -> None:

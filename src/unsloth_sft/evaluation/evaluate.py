@@ -12,10 +12,12 @@ from unsloth_sft.config.data import source_names
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import DataError
 from unsloth_sft.core.files import remove_leftovers
+from unsloth_sft.core.progress import stage
 from unsloth_sft.core.quiet import warn
 from unsloth_sft.data.prompts import prompts_for
 from unsloth_sft.evaluation.generate import generate, generation_speed
 from unsloth_sft.evaluation.loss import eval_loss
+from unsloth_sft.evaluation.run_report import write_run_report
 from unsloth_sft.runs.folder import RunDir
 from unsloth_sft.runs.lock import locked
 
@@ -44,7 +46,9 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
             print(note)
         if not run.is_finished:
             warn(f"{run} is not finished (no metrics.json): scoring the weights it has")
-        return _evaluate(cfg, run, data_file)
+        result = _evaluate(cfg, run, data_file)
+        write_run_report(run)  # the report shows the evaluation now
+        return result
 
 
 def _evaluate(cfg: RunConfig, run: RunDir, data_file: str | None) -> dict[str, Any]:
@@ -56,12 +60,14 @@ def _evaluate(cfg: RunConfig, run: RunDir, data_file: str | None) -> dict[str, A
     no_test = DataError(
         f"{' + '.join(source_names(cfg.data))}: the test split is empty; set data.test_size (e.g. 0.1) or data.test_split"
     )
+    stage(1, 4, "read the test data", "eval")
     examples = load_examples(cfg)  # data problems first: they cost seconds, a model load can cost minutes
     record = tasks.get(examples.task)
     if not has_test(examples, cfg):
         raise no_test
     # the adapter on its base when the run has one: the base is the same weights with the adapter off
     which = run.model(prefer="adapter", base=cfg.model.name)
+    stage(2, 4, f"load {which.weights}" + (" + adapter" if which.adapter else ""), "eval")
     model, tokenizer = load_for_inference(which.weights, which.adapter)
     data = prepare(cfg, tokenizer, examples)
     if data.test is None or len(data.test) == 0:  # e.g. raw text too short to carve a test block from
@@ -80,11 +86,13 @@ def _evaluate(cfg: RunConfig, run: RunDir, data_file: str | None) -> dict[str, A
     }
     if len(test) < len(data.test):
         result["test_split_examples"] = len(data.test)
+    stage(3, 4, f"eval loss of base and tuned on {len(test)} test examples", "eval")
     with as_base():
-        base_loss = eval_loss(base_model or model, tokenizer, test, cfg.eval.batch_size)
-    tuned_loss = eval_loss(model, tokenizer, test, cfg.eval.batch_size)
+        base_loss = eval_loss(base_model or model, tokenizer, test, cfg.eval.batch_size, desc="eval loss, base")
+    tuned_loss = eval_loss(model, tokenizer, test, cfg.eval.batch_size, desc="eval loss, tuned")
     scores: dict[str, dict] = {"eval_loss": {"base": base_loss, "tuned": tuned_loss}}
     if record.metrics is None:  # nothing to generate (raw text): the loss as perplexity
+        stage(4, 4, "perplexity from the eval loss", "eval")
         scores["perplexity"] = {"base": M.perplexity(base_loss), "tuned": M.perplexity(tuned_loss)}
         rows = []
     else:
@@ -93,13 +101,14 @@ def _evaluate(cfg: RunConfig, run: RunDir, data_file: str | None) -> dict[str, A
         tuned_prompts = prompts_for(tokenizer, convs, data.template)
         shot = data.train_conversations[0] if cfg.eval.num_shots == 1 and data.train_conversations else None
         base_prompts = prompts_for(tokenizer, convs, data.template, shot) if shot else tuned_prompts
+        stage(4, 4, f"generate for {len(convs)} test examples, tuned then base", "eval")
         started = time.perf_counter()
-        tuned_out = generate(model, tokenizer, tuned_prompts, cfg.eval)
+        tuned_out = generate(model, tokenizer, tuned_prompts, cfg.eval, desc="generating, tuned")
         result["generation"] = generation_speed(tokenizer, tuned_out, time.perf_counter() - started)
         base_out: list[str] = []
         if cfg.eval.compare_base:
             with as_base():
-                base_out = generate(base_model or model, tokenizer, base_prompts, cfg.eval)
+                base_out = generate(base_model or model, tokenizer, base_prompts, cfg.eval, desc="generating, base")
         scores.update(score(record, references, tuned_out, base_out))
         rows = [
             {"input": p, "reference": r, "base": b, "tuned": t}

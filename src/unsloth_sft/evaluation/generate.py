@@ -45,6 +45,21 @@ def inference_mode(model, backend: str | None):
             model.train()
 
 
+def token_counter(bar):
+    """A StoppingCriteria that never stops: it counts generated positions into `bar` (made on demand, so that
+    importing this module imports no transformers)."""
+    from transformers import StoppingCriteria
+
+    class Counter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            bar.update(1)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return Counter()
+
+
 def generate(
     model,
     tokenizer,
@@ -54,13 +69,15 @@ def generate(
     progress: bool = True,
     streamer=None,
     stopping_criteria=None,
+    desc: str = "generating",
 ) -> list[str]:
     """Batched generation with left padding; returns only the new text of each prompt.
 
     `streamer` and `stopping_criteria` go to `model.generate` (the playground streams and stops with them).
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from unsloth_sft.core.progress import Progress
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the last real token
@@ -68,14 +85,22 @@ def generate(
     outputs: list[str] = []
     batches = range(0, len(prompts), ecfg.batch_size)
     kwargs = generation_kwargs(ecfg, tokenizer)
+    # progress by generated token position, batch after batch: one big batch is minutes of work on a CPU
+    total = len(batches) * ecfg.max_new_tokens
+    shown = progress and len(prompts) > 1
     try:
-        with inference_mode(model, backend), torch.no_grad():
-            for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+        with inference_mode(model, backend), torch.no_grad(), Progress(total, desc, "token", shown) as bar:
+            from transformers import StoppingCriteriaList
+
+            criteria = StoppingCriteriaList([*(stopping_criteria or []), *([token_counter(bar)] if shown else [])])
+            for start in batches:
                 batch = prompts[start : start + ecfg.batch_size]
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                out = model.generate(**enc, **kwargs, streamer=streamer, stopping_criteria=stopping_criteria)
+                bar.n = (start // ecfg.batch_size) * ecfg.max_new_tokens  # a batch that stopped early counts whole
+                out = model.generate(**enc, **kwargs, streamer=streamer, stopping_criteria=criteria)
                 new = out[:, enc["input_ids"].shape[1] :]
                 outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+                bar.update(0, f"{len(outputs)}/{len(prompts)} examples")
     finally:
         tokenizer.padding_side = side
     return outputs

@@ -5,7 +5,15 @@ from __future__ import annotations
 LOGITS_BUDGET = 2**26  # float32 logits held at once in eval_loss: 256 MiB (a 262k vocabulary x 256 positions)
 
 
-def eval_loss(model, tokenizer, dataset, batch_size: int = 8, per_row: bool | None = None) -> float | None:
+def eval_loss(
+    model,
+    tokenizer,
+    dataset,
+    batch_size: int = 8,
+    per_row: bool | None = None,
+    desc: str = "eval loss",
+    progress: bool = True,
+) -> float | None:
     """Mean cross-entropy per trained token (labels != -100) over a tokenized dataset.
 
     Logits are computed only at positions that predict a trained token (`logits_to_keep`), in row chunks
@@ -17,6 +25,8 @@ def eval_loss(model, tokenizer, dataset, batch_size: int = 8, per_row: bool | No
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from unsloth_sft.core.progress import Progress
+
     if dataset is None or len(dataset) == 0:
         return None
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
@@ -24,9 +34,10 @@ def eval_loss(model, tokenizer, dataset, batch_size: int = 8, per_row: bool | No
     vocab = model.get_output_embeddings().weight.shape[0]
     total, count = 0.0, 0
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), Progress(len(dataset), desc, "example", progress and len(dataset) > 1) as bar:
         for start in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            bar.update(len(rows))
             batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
             targets = batch["labels"][:, 1:]
             keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # positions whose next token is trained

@@ -133,6 +133,7 @@ def run_summary(run: RunDir) -> str:
             ("export check", run.export_check_file),
             ("loss curve", run.loss_plot),
             ("eval report", run.eval_dir() / "report.md"),
+            ("report (open it in a browser)", run / "report.html"),
         )
         if path.exists()
     ]
@@ -145,3 +146,27 @@ def run_summary(run: RunDir) -> str:
         f"  unsloth-sft export {r} --method merged_16bit --push-to-hub USER/REPO",
     ]
     return "\n".join(lines)
+
+
+def check_table(check: dict[str, Any]) -> str:
+    """export_check.json as a Markdown table for model cards and the run summary."""
+    rows = [
+        "| export | compared with | top-1 agreement | max logit diff | greedy replies equal | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    merged = check.get("merged_vs_adapter")
+    if merged:
+        verdict = "passed" if merged["passed"] else f"FAILED (< {merged['min_agreement']})"
+        rows.append(
+            f"| merged/ | adapter (unmerged) | {merged['top1_agreement']:.4f} | {merged['max_logit_diff']:.3g} | "
+            f"{merged['greedy_equal']}/{merged['prompts']} | {verdict} |"
+        )
+    for name, g in (check.get("gguf") or {}).items():
+        verdict = (
+            f"lossy ({g['top1_agreement']:.1%} top-1)" if g["lossy"] else "same top-1 and replies on these prompts"
+        )
+        rows.append(
+            f"| {name} | merged/ | {g['top1_agreement']:.4f} | {g['max_logit_diff']:.3g} | "
+            f"{g['greedy_equal']}/{g['prompts']} | {verdict} |"
+        )
+    return "\n".join(rows)

@@ -106,7 +106,7 @@ def write_card(folder: Path, text: str, cfg: RunConfig) -> None:
 
 def gguf_card(cfg: RunConfig, check: dict, files: list[str]) -> str:
     """gguf/README.md: what each file is, how it was checked, and how to run it with llama.cpp, Ollama, transformers."""
-    from unsloth_sft.export.check import check_table
+    from unsloth_sft.evaluation.report import check_table
 
     first = files[0]
     name = cfg.run_name

@@ -7,7 +7,7 @@ the largest logit difference, and whether greedy replies are equal. Written to R
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any  # noqa: F401
 
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import RunError
@@ -177,30 +177,6 @@ def check_gguf(gguf_file: Path, merged_model, tokenizer, prompts: list[str]) -> 
     figures["lossy"] = figures["top1_agreement"] < 1.0 or figures["greedy_equal"] < figures["prompts"]
     figures["llama_cpp"] = llama_cpp_figures(gguf_file, merged_model, tokenizer, prompts)
     return figures
-
-
-def check_table(check: dict[str, Any]) -> str:
-    """export_check.json as a Markdown table for model cards and the run summary."""
-    rows = [
-        "| export | compared with | top-1 agreement | max logit diff | greedy replies equal | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    merged = check.get("merged_vs_adapter")
-    if merged:
-        verdict = "passed" if merged["passed"] else f"FAILED (< {merged['min_agreement']})"
-        rows.append(
-            f"| merged/ | adapter (unmerged) | {merged['top1_agreement']:.4f} | {merged['max_logit_diff']:.3g} | "
-            f"{merged['greedy_equal']}/{merged['prompts']} | {verdict} |"
-        )
-    for name, g in (check.get("gguf") or {}).items():
-        verdict = (
-            f"lossy ({g['top1_agreement']:.1%} top-1)" if g["lossy"] else "same top-1 and replies on these prompts"
-        )
-        rows.append(
-            f"| {name} | merged/ | {g['top1_agreement']:.4f} | {g['max_logit_diff']:.3g} | "
-            f"{g['greedy_equal']}/{g['prompts']} | {verdict} |"
-        )
-    return "\n".join(rows)
 
 
 def fail_if(problem: str | None) -> None:

@@ -12,11 +12,13 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from unsloth_sft.core import procs
 from unsloth_sft.core.errors import ModelError, RunError
 from unsloth_sft.core.paths import cache_root
+from unsloth_sft.core.progress import duration
 from unsloth_sft.export.modelfile import END_OF_TURN, modelfile
 from unsloth_sft.models.gguf import ensure_sentencepiece
 from unsloth_sft.models.tokens import adds_bos, token_id
@@ -244,6 +246,7 @@ def export_gguf(
         with atomic_dir(out_dir) as tmp:
             for quant in dict.fromkeys(cfg.export.gguf_quant):
                 out_file = tmp / f"{cfg.run_name}-{quant}.gguf"
+                started = time.perf_counter()
                 print(f"gguf: converting merged/ to {out_file.name}", flush=True)
                 if quant in CONVERTER_TYPES:
                     convert(root, staged, out_file, quant)
@@ -252,6 +255,10 @@ def export_gguf(
                     if not f16.is_file():
                         convert(root, staged, f16, "f16")
                     quantize(tool, f16, out_file, quant)
+                size = out_file.stat().st_size / 2**20
+                print(
+                    f"gguf: {out_file.name}, {size:,.0f} MiB, in {duration(time.perf_counter() - started)}; checking it"
+                )
                 meta = metadata_check(out_file, tokenizer, prompts)
                 figures = check_gguf(out_file, merged_model, tokenizer, prompts)
                 results[out_file.name] = {"quant": quant, "bytes": out_file.stat().st_size, **figures, "metadata": meta}

@@ -17,6 +17,8 @@ from unsloth_sft.config.types import SAVE_METHODS
 from unsloth_sft.core.errors import ConfigError, ModelError, RunError
 from unsloth_sft.core.files import remove_leftovers, write_json
 from unsloth_sft.core.quiet import warn
+from unsloth_sft.evaluation.report import check_table
+from unsloth_sft.evaluation.run_report import write_run_report
 from unsloth_sft.export import check as C
 from unsloth_sft.export.card import gguf_card, model_card, write_card
 from unsloth_sft.export.gguf import check_quants, export_gguf, llama_cpp_dir
@@ -91,9 +93,11 @@ def export(
     check_methods(methods, cfg, None if live else run, live.backend if live else None)
     out: dict[str, str] = {}
     if live is not None and cfg.finetune == "full":
+        print("export: the fully fine-tuned model -> merged/", flush=True)
         path = live.sharded or save_full(live.model, live.tokenizer, run.merged, cfg.export.max_shard_size)
         out["merged_16bit"] = str(path)
     elif live is not None:
+        print("export: the LoRA adapter -> adapter/", flush=True)
         out["lora"] = str(live.sharded or save_adapter(live.model, live.tokenizer, run.adapter))
     elif "lora" in methods:
         out["lora"] = str(run.adapter)
@@ -101,6 +105,7 @@ def export(
     remerge = live is not None or not run.has_merged
     if run.has_adapter and ("merged_16bit" in methods or ("gguf" in methods and remerge)):
         base = live.base_path if live is not None else resolve_model_path(cfg.model.name)
+        print("export: base + adapter merged in 16/32-bit -> merged/", flush=True)
         out["merged_16bit"] = str(merge_adapter(base, run.adapter, run.merged, cfg.export.max_shard_size))
     elif "merged_16bit" in methods and run.has_merged:
         out["merged_16bit"] = str(run.merged)
@@ -130,6 +135,7 @@ def verify(run: RunDir, cfg: RunConfig, methods: list[str], metrics=None, eval_m
         return {}
     tokenizer = AutoTokenizer.from_pretrained(run.merged)
     prompts, template = C.eval_prompts(cfg, tokenizer, cfg.export.check_prompts)
+    print(f"export: checking merged/ against the adapter on {len(prompts)} eval prompts", flush=True)
     check: dict = {"prompts": len(prompts), "max_new_tokens": C.CHECK_MAX_NEW_TOKENS, "merged_vs_adapter": None}
     problem = None
     base_path = resolve_model_path(cfg.model.name)
@@ -152,7 +158,7 @@ def verify(run: RunDir, cfg: RunConfig, methods: list[str], metrics=None, eval_m
         write_card(run.gguf_dir, gguf_card(cfg, check, sorted(check["gguf"])), cfg)
         out["gguf"] = str(run.gguf_dir)
     card = model_card(cfg, metrics, eval_metrics, "merged")
-    write_card(run.merged, card + "\n## Export check\n\n" + C.check_table(check) + "\n", cfg)
+    write_card(run.merged, card + "\n## Export check\n\n" + check_table(check) + "\n", cfg)
     return out
 
 
@@ -174,4 +180,6 @@ def export_run(
         for note in remove_leftovers(run.path):
             print(note)
         eval_metrics = (run.eval_metrics() or {}).get("metrics")
-        return export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)
+        out = export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)
+        write_run_report(run)  # the report lists the exports now
+        return out

@@ -12,11 +12,13 @@ import functools
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 from unsloth_sft.core.errors import ModelError
 from unsloth_sft.core.files import atomic_dir, atomic_file, remove_leftovers, scratch_dir
 from unsloth_sft.core.paths import cache_root
+from unsloth_sft.core.progress import duration
 from unsloth_sft.models.catalogue import CATALOGUE, PackagedModel
 from unsloth_sft.models.gguf_tokenizer import build_tokenizer, check_tokenizer
 from unsloth_sft.models.tokens import token_id
@@ -74,6 +76,7 @@ def model_source(folder: str | Path) -> dict | None:
 def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel | None = None) -> Path:
     """GGUF -> plain HF folder (float32 weights, a rebuilt and checked tokenizer), written atomically."""
     print(f"converting {parts[0].name} into {folder} (once; ~1-2 min for a 270M model)", flush=True)
+    started = time.perf_counter()
     with atomic_dir(folder) as tmp:  # replaces a half-made folder a killed run left (it has no SOURCE_FILE)
         gguf_file = parts[0] if len(parts) == 1 else concatenate(parts, tmp / "model.gguf")
         meta = read_metadata(gguf_file)
@@ -99,6 +102,7 @@ def convert(parts: list[Path], folder: Path, digest: str, entry: PackagedModel |
             shutil.copy(terms, tmp / terms.name)
             source["license_file"] = terms.name
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+    print(f"converted {parts[0].name} in {duration(time.perf_counter() - started)}", flush=True)
     return folder
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from unsloth_sft.config.diff import flatten
 from unsloth_sft.core.errors import ConfigError
 from unsloth_sft.core.files import atomic_file, atomic_write_text, read_json
+from unsloth_sft.core.progress import number
+from unsloth_sft.evaluation.run_report import to_html
 from unsloth_sft.runs.folder import ERROR, RunDir
 from unsloth_sft.runs.folder import VARIANT_WALL as WALL
 from unsloth_sft.studies.spec import SWEEP, VARIANTS, direction_of, short_value
@@ -91,21 +93,37 @@ def read_row(path: Path, planned: Path | None = None) -> Row:
     return Row(path.name, path, status, flatten(saved or {}), ev, train, wall, error, best)
 
 
+SKIP = ("checkpoints", "adapter", "merged", "merged_4bit_forced", "gguf", "logs", "variants", "wandb")
+
+
+def run_folders(given: Path) -> list[tuple[Path, Path | None]]:
+    """(run folder, its planned config or None) for every run at any depth below `given`: sweeps inside sweeps,
+    several workers' folders, a folder of folders; planned sweep variants that never started too. A run folder's
+    own parts (checkpoints, adapter, eval, ...) and hidden folders (a run set aside) are not searched."""
+    if (given / "config.yaml").is_file() or (given / ERROR).is_file():
+        return [(given, None)]
+    found: list[tuple[Path, Path | None]] = []
+    for child in sorted(p for p in given.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if child.name not in SKIP and not child.name.startswith("eval"):
+            found += run_folders(child)
+    if (given / VARIANTS).is_dir():  # a sweep folder: its variants, planned ones included
+        planned = {p.stem: p for p in sorted((given / VARIANTS).glob("*.yaml"))}
+        found = [(f, planned.get(f.name) if f.parent == given else c) for f, c in found]
+        found += [(given / name, path) for name, path in planned.items() if not (given / name).is_dir()]
+    return found
+
+
 def find_rows(paths: list[str | Path]) -> list[Row]:
-    """Runs in the given folders: a run folder itself, or the run folders (and planned variants) inside one."""
+    """Runs in the given folders and every folder below them (`run_folders`)."""
     rows: dict[Path, Row] = {}
     for given in map(Path, paths):
         if not given.is_dir():
             raise ConfigError(f"{given}: not a folder; give run folders or a sweep folder (e.g. runs/demo-sweep)")
-        if (given / "config.yaml").is_file() or (given / ERROR).is_file():
-            rows[given.resolve()] = read_row(given)
-            continue
-        found = [c for c in sorted(given.iterdir()) if (c / "config.yaml").is_file() or (c / ERROR).is_file()]
-        found += [given / p.stem for p in sorted((given / VARIANTS).glob("*.yaml")) if not (given / p.stem).is_dir()]
+        found = run_folders(given)
         if not found:
             raise ConfigError(f"{given}: no run folders here (none holds config.yaml); train first, or pick another")
-        for child in found:
-            rows.setdefault(child.resolve(), read_row(child, given / VARIANTS / f"{child.name}.yaml"))
+        for folder, planned in found:
+            rows.setdefault(folder.resolve(), read_row(folder, planned))
     return list(rows.values())
 
 
@@ -129,9 +147,12 @@ def _sort(rows: list[Row], metric: str, direction: str) -> list[Row]:
 
 
 def _num(x: Any) -> str:
-    if not is_number(x):
-        return ""
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
+    """A number for people: 10,180 not 1.018e+04, 0.344 not 0.34403 (the CSV keeps every digit)."""
+    return number(x) if is_number(x) else ""
+
+
+def _raw(x: Any) -> str:
+    return f"{x:.10g}" if isinstance(x, float) and is_number(x) else ("" if x is None else str(x))
 
 
 def _memory(train: dict) -> str:
@@ -160,10 +181,17 @@ def table(rows: list[Row], keys: list[str], out: Path) -> tuple[list[str], list[
         tail = [_num(r.best_step), _num(t.get("tokens_per_s")), _memory(t), _num(t.get("runtime_s")), _num(r.wall_s)]
         link = os.path.relpath(r.path, out)
         md.append([f"[{r.name}]({link})", r.status, *settings, *pairs, *tail, (r.error or "").replace("|", "\\|")])
-        values = [x for v in both for x in (_num(v.get("base")), _num(v.get("tuned")))]
+        values = [x for v in both for x in (_raw(v.get("base")), _raw(v.get("tuned")))]
+        tail_raw = [
+            _raw(r.best_step),
+            _raw(t.get("tokens_per_s")),
+            _memory(t),
+            _raw(t.get("runtime_s")),
+            _raw(r.wall_s),
+        ]
         raw = [r.config.get(k, "") for k in keys]  # full values for analysis: 0.0005, not 5e-4
         raw = [short_value(v) if isinstance(v, (list, dict)) else v for v in raw]
-        flat.append([r.name, r.status, *raw, *values, *tail, r.error or "", link])
+        flat.append([r.name, r.status, *raw, *values, *tail_raw, r.error or "", link])
     return header, md, [csv_header, *flat]
 
 
@@ -283,6 +311,9 @@ def compare(
         f"({', '.join(keys) or 'none'}); eval metrics base -> tuned.\n\n" + "\n".join(lines) + "\n"
     )
     images = "".join(f"\n![{p.stem}]({p.name})\n" for n, p in files.items() if n.endswith(".png"))
-    atomic_write_text(files["leaderboard.md"], f"# Leaderboard\n\n{markdown}{images}")
+    page = f"# Leaderboard\n\n{markdown}{images}"
+    atomic_write_text(files["leaderboard.md"], page)
     atomic_write_text(files["leaderboard.csv"], buffer.getvalue())
+    files["leaderboard.html"] = out / "leaderboard.html"  # the same page as the run reports, for a browser
+    atomic_write_text(files["leaderboard.html"], to_html(page, f"unsloth-sft: {len(rows)} runs"))
     return Leaderboard(rows, keys, metric, direction, markdown, files)

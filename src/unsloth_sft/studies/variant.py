@@ -26,12 +26,12 @@ def through_notebook(notebook: str, config: Path, run: RunDir, evaluate: bool) -
     execute_notebook(notebook, run / Path(notebook).name, {"params_file": str(config.resolve()), "run_eval": evaluate})
 
 
-def in_process(cfg: RunConfig, evaluate: bool) -> None:
+def in_process(cfg: RunConfig, evaluate: bool, recipe: str | None = None) -> None:
     """The CLI path: `unsloth-sft train` then `unsloth-sft eval --run`, without a second process start."""
     from unsloth_sft import pipeline
     from unsloth_sft.evaluation.evaluate import evaluate_run
 
-    run = pipeline.start(cfg)
+    run = pipeline.start(cfg, recipe)
     pipeline.fit(run)
     pipeline.finish(run)
     if evaluate:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.notebook:
                 through_notebook(args.notebook, Path(args.config), run, args.evaluate)
             else:
-                in_process(cfg, args.evaluate)
+                in_process(cfg, args.evaluate, args.config)
         if args.evaluate and run.eval_metrics() is None:  # trained before, stopped during evaluation
             from unsloth_sft.evaluation.evaluate import evaluate_run
 

@@ -7,6 +7,7 @@ import math
 import os
 import resource
 import sys
+import time
 
 from transformers import TrainerCallback
 
@@ -101,3 +102,48 @@ def nan_callback():
                 control.should_save = False
 
     return StopOnNaN()
+
+
+class StepProgress(TrainerCallback):
+    """Training's progress (core.progress): step / total, the last logged loss, tokens per second, elapsed and ETA;
+    a bar on a terminal, a line every ~10 s in a log. Rank 0 only."""
+
+    def __init__(self):
+        self.bar = None
+        self.loss = None
+        self.tokens_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from unsloth_sft.core.progress import Progress
+
+        if not state.is_world_process_zero:
+            return
+        self.bar = Progress(state.max_steps, "train", unit="step")
+        self.bar.n = state.global_step  # resumed: the steps done before count
+        self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:  # the step's loss: now its line can be written
+            self.loss = logs["loss"]
+            self.show(state, steps=0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        if args.logging_steps and state.global_step % args.logging_steps == 0:
+            self.bar.n += 1  # its loss comes with the log that follows (on_log writes the line)
+        else:
+            self.show(state, steps=1)
+
+    def show(self, state, steps: int) -> None:
+        from unsloth_sft.core.progress import number
+
+        elapsed = time.perf_counter() - self.bar.started
+        speed = (int(state.num_input_tokens_seen or 0) - self.tokens_at_start) / max(elapsed, 1e-9)
+        shown = [f"loss {number(self.loss)}"] if self.loss is not None else []
+        self.bar.update(steps, *shown, f"{number(speed)} tok/s")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

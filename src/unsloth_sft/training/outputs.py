@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unsloth_sft.core.files import atomic_file
+from unsloth_sft.core.hardware import cpu_info
 
 
 def plot_loss(
@@ -60,4 +61,11 @@ def environment() -> dict[str, Any]:
         except PackageNotFoundError:
             versions[name] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    return {"python": platform.python_version(), "device": device, "packages": versions}
+    cpu = cpu_info()
+    return {
+        "python": platform.python_version(),
+        "device": device,
+        "cpu": f"{cpu['model']}, {cpu['cores']} cores",
+        "cpu_flags": " ".join(cpu["flags"]),
+        "packages": versions,
+    }

@@ -72,4 +72,18 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
     )
     if names:
         trainer.add_callback(config_callback(cfg, names, trainer.callback_handler.callbacks))
+    show_progress(trainer)
     return trainer
+
+
+def show_progress(trainer) -> None:
+    """Our step lines (loss, tok/s, ETA) instead of the Trainer's bar and its raw log dicts; both with --verbose."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from unsloth_sft.core.quiet import is_verbose
+    from unsloth_sft.training.callbacks import StepProgress
+
+    if not is_verbose():
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepProgress())
