@@ -223,6 +223,17 @@ def test_only_core_files_renames_into_place():
     assert found == {"unsloth_sft.runs.folder": ["self.path.rename(aside)"]}
 
 
+def test_no_temporary_work_in_the_system_temp_dir():
+    """Only core/files.py uses tempfile, always with dir= beside the output: what a SIGKILL leaves is found there by
+    remove_leftovers, never left in /tmp (the tiny model's pretraining works in a scratch_dir beside the cache)."""
+    found = {
+        module: [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if "tempfile" in line]
+        for module, path in MODULES.items()
+        if module != "unsloth_sft.core.files"
+    }
+    assert {m: lines for m, lines in found.items() if lines} == {}
+
+
 HISTORY = re.compile(r"\bsessions? [0-9]|\b(this|last|previous|next) session\b|\bsession-[0-9]", re.IGNORECASE)
 
 
@@ -255,7 +266,6 @@ WRITERS_ALLOWED = {
     ("unsloth_sft.models.gguf", "_save_weights"): "saves into the temporary folder convert holds atomically",
     ("unsloth_sft.models.tiny", "train_sentencepiece"): "writes into the temporary folder build_tiny_model holds",
     ("unsloth_sft.runs.lock", "acquire"): "the lock file's holder record, not an output",
-    ("unsloth_sft.studies.sweep", "locked"): "the sweep folder's lock file, not an output",
     ("unsloth_sft.studies.trials", "run_variant"): "a trial's log, streamed as the child writes it",
     ("unsloth_sft.training.distributed", "save_sharded"): "every rank gathers into one staging folder, then one rename",
 }

@@ -122,6 +122,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
         while not (tmp_path / "busy" / "config.yaml").is_file() and time.time() < deadline:
             time.sleep(0.5)
         assert lock.is_file() and first.poll() is None, first.stderr.read() if first.poll() is not None else ""
+        config = (tmp_path / "busy" / "config.yaml").read_bytes()
         for args in (
             ["train", DEMO, *sets(*FAST)],
             ["eval", "--run", tmp_path / "busy"],
@@ -131,6 +132,8 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
                 args += sets(f"output_dir={tmp_path}", "run_name=busy")
             line = assert_refused(cli(*args, cwd=tmp_path), f"{tmp_path / 'busy'} is in use by pid {first.pid}")
             assert "wait for it to finish, or choose another run_name" in line
+        assert (tmp_path / "busy" / "config.yaml").read_bytes() == config  # the holder's run, as it wrote it
+        assert not (tmp_path / "busy" / "eval").exists() and not (tmp_path / "busy" / "merged").exists()
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -138,6 +141,19 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
     done = cli("train", DEMO, *sets(*FAST, f"output_dir={tmp_path}", "run_name=busy"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not lock.exists() and leftovers(tmp_path) == [] and children_of(str(tmp_path)) == []
+
+
+def test_a_second_sweep_on_a_folder_is_refused_naming_the_holder(tmp_path):
+    """The sweep folder's lock is the run folders' (runs.lock): held here, as a first sweep holds it while it runs."""
+    from unsloth_sft.studies.sweep import sweep_lock
+
+    folder = tmp_path / "s"
+    args = ["sweep", DEMO, "--grid", "lora.r=4,8", "--out", folder, *sets(*FAST, f"output_dir={tmp_path}")]
+    with sweep_lock(folder):
+        line = assert_refused(cli(*args, cwd=tmp_path), f"{folder} is in use by pid {os.getpid()} on ")
+        assert line.endswith("one sweep runs a sweep folder at a time; wait for it, or choose another --out")
+        assert sorted(p.name for p in folder.iterdir()) == [".sweep.lock"]  # the first sweep's folder untouched
+    assert list(folder.iterdir()) == []  # the lock file goes with its release
 
 
 # ------------------------------------------------------------------ 2. output over input
@@ -159,6 +175,60 @@ def test_infer_never_writes_over_its_input(trained, tmp_path):
     assert_refused(done, "is a file, not a folder")
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a notebook's kernel, say)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_a_notebook_never_writes_over_itself_and_a_kill_leaves_the_older_output(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+
+    def notebook(path: Path, code: str) -> Path:
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
+        return path
+
+    nb = notebook(tmp_path / "nb.ipynb", "print('ran')")
+    (tmp_path / "sym.ipynb").symlink_to(nb)
+    os.link(nb, tmp_path / "hard.ipynb")
+    before = nb.read_bytes()
+    for output in (nb, tmp_path / "." / "nb.ipynb", tmp_path / "sym.ipynb", tmp_path / "hard.ipynb"):
+        done = cli("notebook", nb, DEMO, "--output", output, cwd=tmp_path)
+        assert_refused(done, f"--output {output} is the notebook {nb} itself; write the executed copy elsewhere")
+        assert nb.read_bytes() == before
+    out = tmp_path / "out.ipynb"
+    out.write_text("the older executed copy")
+    slow = notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(600)")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "unsloth_sft", "notebook", slow, DEMO, "--output", out],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (list(tmp_path.glob(".out.ipynb.tmp-*")) and children(run.pid)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.glob(".out.ipynb.tmp-*")), "papermill never started: " + (run.stderr.read() or "")[-2000:]
+        kernels = children(run.pid)
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and out.read_text() == "the older executed copy"  # the temporary file is gone too
+    deadline = time.time() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in kernels) and time.time() < deadline:
+        time.sleep(0.2)
+    assert kernels and not any(Path(f"/proc/{pid}").exists() for pid in kernels)  # the kernel died with it
+    done = cli("notebook", nb, DEMO, "--output", out, cwd=tmp_path)
+    assert done.returncode == 0 and f"executed notebook: {out}" in done.stdout, done.stderr[-3000:]
+    assert "papermill" in nbformat.read(out, as_version=4).metadata and nb.read_bytes() == before
+
+
 # ------------------------------------------------------------------ 3. children die with their parent
 
 
@@ -171,6 +241,7 @@ def converter_children(marker: str) -> list[str]:
     reason="llama.cpp's converter is not unpacked (scripts/setup.sh does it)",
 )  # fmt: skip
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.bad_input  # a fault (a kill), not a one-line refusal: counted with the others all the same
 def test_a_killed_export_leaves_no_converter_running_and_the_next_command_cleans_up(trained, tmp_path, how):
     run = copy_run(trained, tmp_path)
     export = subprocess.Popen(
@@ -214,6 +285,26 @@ def test_an_empty_params_file_and_a_duplicate_key_are_refused(tmp_path):
     line = assert_refused(cli("train", twice, cwd=tmp_path), f"{twice}: line ", "duplicate key 'train' (also on line ")
     assert line.endswith("keep one of them")
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_mapping_or_a_sweep_section_alone_is_refused(tmp_path):
+    """`{}`, or a sweep: section with no recipe beside it, would train the defaults (into runs/demo) like an empty file."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}  # to do\n")
+    assert_refused(cli("train", empty, cwd=tmp_path), f"{empty}: the params file is an empty mapping", "params/")
+    alone = tmp_path / "sweep-only.yaml"
+    alone.write_text("sweep:\n  grid:\n    lora.r: [4, 8]\n")
+    for args in (
+        ["train", alone],
+        ["preview", alone],
+        ["sweep", alone],
+        ["notebook", ROOT / "notebooks" / "train.ipynb", alone],
+    ):
+        line = assert_refused(cli(*args, cwd=tmp_path), f"{alone}: the params file holds only a sweep: section")
+        assert line.endswith(
+            "put the run's keys beside it (model:, data:, train: ...), e.g. start from params/demo-cpu.yaml"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml", "sweep-only.yaml"]  # no runs/, no notebook
 
 
 # ------------------------------------------------------------------ 5. one line where a traceback was
@@ -347,3 +438,40 @@ def test_the_quiet_surprises_get_a_word(trained, tmp_path):
         "unsloth-sft: warning: model.max_seq_length 9000 is beyond tiny-gemma2's context of 4096 tokens: positions "
         "past it were never trained; lower it to 4096 or less"
     ]
+
+
+def test_a_data_file_where_the_params_file_goes_says_how_to_pass_it(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"instruction": "hi", "output": "hello"}\n')
+    line = assert_refused(cli("train", rows, cwd=tmp_path), f"{rows} looks like a data file, not a params file")
+    assert f"`unsloth-sft train RECIPE.yaml --set data.source={rows}`" in line
+    done = cli("eval", rows, cwd=tmp_path)
+    assert_refused(done, f"{rows} looks like a data file", f"`unsloth-sft eval --run RUN_DIR --data {rows}`")
+    assert rows.read_text() == '{"instruction": "hi", "output": "hello"}\n'
+
+
+def test_a_value_given_twice_in_a_sweep_grid_is_refused_before_anything_is_written(tmp_path):
+    args = ["sweep", DEMO, "--grid", "train.learning_rate=1e-3,0.001", *sets(f"output_dir={tmp_path}")]
+    line = assert_refused(cli(*args, cwd=tmp_path), "sweep.grid.train.learning_rate: the value 1e-3 is given twice")
+    assert "(as 1e-3 and 0.001) and would train the same variant twice; remove the repeat" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.bad_input  # a warning, not a refusal: the command goes on
+@pytest.mark.parametrize("command", ["infer", "export"])
+def test_an_unfinished_run_is_used_with_a_warning(trained, tmp_path, command):
+    run = copy_run(trained, tmp_path)
+    (run / "metrics.json").unlink()
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text('"#Person1#: hi\\n#Person2#: hello"\n')
+    out = tmp_path / "out.jsonl"
+    args = {
+        "infer": ["infer", "--run", run, "--input", prompts, "--output", out, *sets("eval.max_new_tokens=2")],
+        "export": ["export", run, "--method", "lora"],
+    }[command]
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    what = {"infer": "answering with", "export": "exporting"}[command]
+    warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
+    assert warnings == [f"unsloth-sft: warning: {run} is not finished (no metrics.json): {what} the weights it has"]
+    assert not (run / "metrics.json").exists()

@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from unsloth_sft.core.files import atomic_dir, atomic_file, atomic_write_text, read_json, write_json
+from unsloth_sft.core.errors import ConfigError, RunError
+from unsloth_sft.core.files import atomic_dir, atomic_file, atomic_write_text, check_output, read_json, write_json
 
 
 class Boom(Exception):
@@ -106,3 +107,21 @@ def test_leftovers_of_dead_writers_are_removed_and_a_cut_swap_is_undone(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".mine.tmp-{os.getpid()}-x", "adapter", "eval"]
     assert len(notes) == 4 and any("restored" in n and n.endswith("(its replacement was interrupted)") for n in notes)
     assert remove_leftovers(tmp_path) == []
+
+
+def test_an_output_never_lands_on_its_input_nor_below_a_file(tmp_path):
+    """The same file by its path, another spelling of it, a symlink or a hard link is refused before any work."""
+    source = tmp_path / "in.ipynb"
+    source.write_text("{}")
+    (tmp_path / "sym.ipynb").symlink_to(source)
+    os.link(source, tmp_path / "hard.ipynb")
+    (tmp_path / "sub").mkdir()
+    for output in (source, tmp_path / "sub" / ".." / "in.ipynb", tmp_path / "sym.ipynb", tmp_path / "hard.ipynb"):
+        with pytest.raises(ConfigError, match=r"^--output .* is the input; write elsewhere$"):
+            check_output(source, output, "--output", "the input", "write elsewhere")
+    with pytest.raises(RunError, match="in.ipynb is a file, not a folder"):
+        check_output(source, source / "out.ipynb", "--output", "the input", "write elsewhere")
+    with pytest.raises(RunError, match="is a folder; name a file"):
+        check_output(source, tmp_path / "sub", "--output", "the input", "write elsewhere")
+    check_output(source, tmp_path / "new" / "out.ipynb", "--output", "the input", "write elsewhere")  # a new place
+    assert source.read_text() == "{}"

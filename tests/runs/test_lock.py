@@ -44,3 +44,23 @@ def test_the_same_process_takes_its_own_lock_back(tmp_path):
     assert second.held and not first.held
     second.release()
     assert not lock_path(tmp_path / "r").exists()
+
+
+def test_another_folder_kind_names_its_own_lock_file_and_fix(tmp_path):
+    """A sweep folder's lock: a file inside it, the same refusal naming the holder, with the fix that fits."""
+    folder = tmp_path / "s"
+    code = (
+        "import time; from unsloth_sft.studies.sweep import sweep_lock; "
+        f"sweep_lock(__import__('pathlib').Path({str(folder)!r})).acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held" and (folder / ".sweep.lock").is_file()
+        with pytest.raises(RunError, match=rf"{folder} is in use by pid {holder.pid} .*choose another --out$"):
+            RunLock(folder, folder / ".sweep.lock", "wait for it, or choose another --out").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunLock(folder, folder / ".sweep.lock") as lock:  # a context manager too; the killed holder blocks nobody
+        assert lock.held
+    assert not lock.held and not (folder / ".sweep.lock").exists()

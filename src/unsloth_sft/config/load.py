@@ -198,6 +198,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: expected a mapping of sections (model:, data:, train: ...), got a {type(raw).__name__}"
         )
+    if not raw:
+        raise ConfigError(
+            f"{path}: the params file is an empty mapping ({{}}); a recipe says what to train: start from one in "
+            "params/ (e.g. params/demo-cpu.yaml)"
+        )
     return raw
 
 
@@ -209,6 +214,11 @@ def load_config(
     """Load a RunConfig from a YAML file, then a mapping (papermill parameters), then dotted overrides."""
     raw: dict[str, Any] = read_yaml(path) if path else {}
     raw.pop("sweep", None)  # a params file's sweep section is for `unsloth-sft sweep` (sweep.SweepConfig), not a run
+    if path and not raw:  # every variant of a sweep, and any single run, would train the defaults into runs/demo
+        raise ConfigError(
+            f"{path}: the params file holds only a sweep: section, no recipe; put the run's keys beside it (model:, "
+            "data:, train: ...), e.g. start from params/demo-cpu.yaml"
+        )
     where = str(path) if path else "params"
     for key, value in copy.deepcopy(params or {}).items():  # a copy: the caller's mapping stays as it was
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

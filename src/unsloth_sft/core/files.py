@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unsloth_sft.core.errors import RunError
+from unsloth_sft.core.errors import ConfigError, RunError
 
 # errno values that mean "this place cannot take the write": a fix on the user's side, not a bug
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
@@ -161,6 +161,23 @@ def check_writable(folder: str | os.PathLike, create: bool = False) -> None:
         fd, probe = tempfile.mkstemp(prefix=f".write-test.tmp-{os.getpid()}-", dir=folder)
         os.close(fd)
         os.unlink(probe)
+
+
+def check_output(source: str | os.PathLike, output: str | os.PathLike, flag: str, what: str, fix: str) -> None:
+    """An output goes to a new place: never over its `source` (the same path, or the same file by another path or
+    a link, which the writer would truncate before reading it), never below a file; checked before any work."""
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve() or (
+        output.exists() and source.exists() and os.path.samefile(output, source)
+    ):
+        raise ConfigError(f"{flag} {output} is {what}; {fix}")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunError(f"{flag} {output}: {parent} is a file, not a folder; choose another output path")
+    if output.is_dir():
+        raise RunError(f"{flag} {output} is a folder; name a file, e.g. {output / ('out' + source.suffix)}")
 
 
 def pid_alive(pid: int) -> bool:

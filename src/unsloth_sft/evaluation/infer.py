@@ -91,27 +91,6 @@ def read_input_lines(path: Path) -> list[tuple[int, Any, str | None]]:
     return out
 
 
-def check_output(input_path: Path, output_path: Path) -> None:
-    """The answers go to a new place: never over the input (same path, or the same file by another path or a
-    link), never below a file; checked before the model loads."""
-    import os
-
-    from unsloth_sft.core.errors import RunError
-
-    same = output_path.resolve() == input_path.resolve() or (
-        output_path.exists() and os.path.samefile(output_path, input_path)
-    )
-    if same:
-        raise DataError(f"--output {output_path} is the --input file; write the answers to another file")
-    parent = output_path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunError(f"--output {output_path}: {parent} is a file, not a folder; choose another output path")
-    if output_path.is_dir():
-        raise RunError(f"--output {output_path} is a folder; name a file, e.g. {output_path / 'answers.jsonl'}")
-
-
 def check_model_arg(model: str) -> None:
     """An adapter folder passed as --model: say how to pass it instead (before a slow load fails on it)."""
     folder = Path(model)
@@ -130,13 +109,14 @@ def infer_file(
 
     `task`: the task the model was trained on (None: the recipe's, or chat when its data is not here).
     """
-    from unsloth_sft.core.files import atomic_write_text
+    from unsloth_sft.core.files import atomic_write_text, check_output
     from unsloth_sft.evaluation.generate import generate
     from unsloth_sft.models.load import load_for_inference
 
     if not Path(input_path).is_file():
         raise DataError(f"{input_path}: input file not found")
-    check_output(Path(input_path), Path(output_path))
+    # never over the input (truncated before it is read) or below a file, before the model loads
+    check_output(input_path, output_path, "--output", "the --input file", "write the answers to another file")
     check_model_arg(model_path)
     lines = read_input_lines(Path(input_path))
     model, tokenizer = load_for_inference(model_path, adapter)

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from unsloth_sft.core import procs
-from unsloth_sft.core.files import atomic_dir, remove_leftovers
+from unsloth_sft.core.files import atomic_dir, remove_leftovers, scratch_dir
 from unsloth_sft.core.paths import cache_root
 from unsloth_sft.models.chat_templates import GEMMA_CHAT_TEMPLATE
 
@@ -142,7 +142,8 @@ def build_tiny_model(path: Path, corpus: list[str] | None = None, seed: int = 0)
         )
         torch.manual_seed(seed)
         model = Gemma2ForCausalLM(config)
-        pretrain(model, tokenizer, corpus, seed)
+        with scratch_dir(path) as work:  # beside the cache entry, not in /tmp: remove_leftovers finds a kill's
+            pretrain(model, tokenizer, corpus, seed, work)
         model.generation_config = GenerationConfig(
             bos_token_id=bos_id, eos_token_id=stops, pad_token_id=config.pad_token_id
         )
@@ -152,10 +153,11 @@ def build_tiny_model(path: Path, corpus: list[str] | None = None, seed: int = 0)
     return path
 
 
-def pretrain(model, tokenizer, corpus: list[str], seed: int, steps: int = PRETRAIN_STEPS, block: int = 128) -> None:
-    """A few hundred seeded steps of full causal-LM training on the corpus (transformers' Trainer, on CPU)."""
-    import tempfile
-
+def pretrain(
+    model, tokenizer, corpus: list[str], seed: int, work: Path, steps: int = PRETRAIN_STEPS, block: int = 128
+) -> None:
+    """A few hundred seeded steps of full causal-LM training on the corpus (transformers' Trainer, on CPU); `work`
+    is the Trainer's output_dir, which its caller removes."""
     import datasets
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -164,23 +166,22 @@ def pretrain(model, tokenizer, corpus: list[str], seed: int, steps: int = PRETRA
         ids.extend(tokenizer(line)["input_ids"] + [tokenizer.eos_token_id])
     blocks = [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
     data = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=steps,
-            per_device_train_batch_size=8,
-            learning_rate=3e-3,
-            warmup_steps=20,
-            lr_scheduler_type="cosine",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=True,  # same bytes on every machine: no GPU kernels involved
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-        )
-        Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=20,
+        lr_scheduler_type="cosine",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,  # same bytes on every machine: no GPU kernels involved
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
     model.eval()
 
 

@@ -37,11 +37,20 @@ def holder_text(path: Path) -> str:
 
 
 class RunLock:
-    """An exclusive lock on one run folder, held until `release` (or until the process ends)."""
+    """An exclusive lock on one run folder, held until `release` (or until the process ends).
 
-    def __init__(self, run_dir: str | os.PathLike):
+    `path` and `fix` serve other folders with one writer (a sweep folder: its `.sweep.lock`, "choose another --out").
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        path: str | os.PathLike | None = None,
+        fix: str = "one process writes a run folder at a time; wait for it to finish, or choose another run_name",
+    ):
         self.run_dir = Path(run_dir)
-        self.path = lock_path(self.run_dir)
+        self.path = Path(path) if path is not None else lock_path(self.run_dir)
+        self.fix = fix
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -56,10 +65,7 @@ class RunLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     os.close(fd)
-                    raise RunError(
-                        f"{self.run_dir} is in use by {holder_text(self.path)}: one process writes a run folder at a "
-                        "time; wait for it to finish, or choose another run_name"
-                    ) from None
+                    raise RunError(f"{self.run_dir} is in use by {holder_text(self.path)}: {self.fix}") from None
                 if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     break
                 os.close(fd)  # the holder removed the file as we opened it: try the new one
@@ -91,6 +97,12 @@ class RunLock:
     @property
     def held(self) -> bool:
         return self.fd is not None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 @contextlib.contextmanager

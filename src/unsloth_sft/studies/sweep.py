@@ -10,7 +10,6 @@ which `unsloth_sft.studies.variant` trains and evaluates.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import shutil
@@ -19,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from unsloth_sft.config.run import RunConfig
-from unsloth_sft.core.errors import RunError
 from unsloth_sft.core.files import atomic_file, atomic_write_text
+from unsloth_sft.runs.lock import RunLock
 from unsloth_sft.studies.spec import LOCK, RECIPE, SWEEP, Sweep, grid_variants, variant_config
 from unsloth_sft.studies.trials import Outcome, report_trial, run_variant, save_variant
 
@@ -39,17 +38,12 @@ def write_folder(sweep: Sweep) -> None:
     atomic_write_text(folder / SWEEP, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
 
 
-@contextlib.contextmanager
-def locked(folder: Path):
-    """One sweep process per folder: a second one would train the same variants twice."""
-    import fcntl
-
-    with open(folder / LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{folder}: another `unsloth-sft sweep` is running on this folder; wait for it") from None
-        yield
+def sweep_lock(folder: Path) -> RunLock:
+    """One sweep process per folder (a second one would train the same variants twice): the run folders' lock, on
+    the sweep folder's `.sweep.lock`, so a second sweep is told the holder's pid."""
+    return RunLock(
+        folder, folder / LOCK, "one sweep runs a sweep folder at a time; wait for it, or choose another --out"
+    )
 
 
 def run_sweep(sweep: Sweep) -> list[Outcome]:
@@ -63,8 +57,10 @@ def run_sweep(sweep: Sweep) -> list[Outcome]:
         from unsloth_sft.studies.search import check_space
 
         check_space(sweep)
-    write_folder(sweep)  # every variant's config is valid by now: nothing is written for a bad grid
-    with locked(sweep.folder):
+    # every variant's config is valid by now: nothing is written for a bad grid; the lock first, so that a second
+    # sweep on the folder rewrites nothing of the first one's
+    with sweep_lock(sweep.folder):
+        write_folder(sweep)
         if sweep.spec.search == "optuna":
             from unsloth_sft.studies.search import run_search
 
