@@ -27,19 +27,31 @@
 
 # %% [markdown]
 # ### Install (Colab only)
-# On Colab this installs unsloth and this package; elsewhere it does nothing (install with the README's command).
+# In Colab this cell finds this project (a checkout already in the runtime, e.g. `/content/unsloth-sft`, or a
+# clone of `REPO_URL`), installs it with its `gpu` extra (unsloth 2026.10.9 on Colab's own CUDA torch) and makes
+# it importable at once; anywhere else it does nothing (install with the README's command).
 
 # %%
+import os
 import subprocess
 import sys
+from pathlib import Path
 
-# Point PACKAGE at your copy of the repository (a git URL or a wheel): "unsloth-sft[gpu] @ git+https://github.com/<you>/unsloth-sft"
-PACKAGE = "unsloth-sft[gpu]"
+REPO_URL = "https://github.com/<you>/unsloth-sft"  # git URL of your copy of this repository (Colab only)
+CHECKOUT = "/content/unsloth-sft"  # where the project is cloned to, or already is, in the Colab runtime
+
 if "google.colab" in sys.modules:
-    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE]).returncode != 0:
-        raise RuntimeError(
-            f"pip could not install {PACKAGE!r}: set PACKAGE above to your repository's git URL or a wheel"
-        )
+    _here = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "src" / "unsloth_sft").is_dir()]
+    _root = _here[0] if _here else Path(CHECKOUT)
+    if not (_root / "src" / "unsloth_sft").is_dir():
+        if "<you>" in REPO_URL:
+            raise RuntimeError(f"no unsloth-sft checkout at {_root}: set REPO_URL in this cell to your repository")
+        if subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(_root)]).returncode != 0:
+            raise RuntimeError(f"git could not clone {REPO_URL!r}: check REPO_URL in this cell")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{_root}[gpu]"]).returncode != 0:
+        raise RuntimeError(f"pip could not install {_root}[gpu]: its output above says why")
+    sys.path.insert(0, str(_root / "src"))  # importable now, without restarting the runtime
+    os.chdir(_root)  # recipe paths (params/...) resolve as in the README
 
 # %% [markdown]
 # ### Parameters
@@ -77,9 +89,17 @@ _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before
 import yaml
 from IPython.display import Image, Markdown, display
 
-from unsloth_sft import evaluate_run, mark_trained, notebook_config, pipeline, run_summary, side_by_side
+from unsloth_sft import (
+    evaluate_run,
+    mark_trained,
+    notebook_config,
+    notebook_recipe,
+    pipeline,
+    run_summary,
+    side_by_side,
+)
 
-run = pipeline.begin(notebook_config(_given, _DEFINED))
+run = pipeline.begin(notebook_config(_given, _DEFINED), recipe=notebook_recipe(_given))
 cfg = run.cfg
 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
 
@@ -126,7 +146,6 @@ before = pipeline.quick_generation(run)
 
 # %%
 metrics = pipeline.fit(run)
-print({k: metrics[k] for k in ("runtime_s", "steps", "tokens_per_s", "first_loss", "last_loss", "memory")})
 
 # %% [markdown]
 # ### Saving

@@ -44,4 +44,6 @@ if [ ! -f "$LLAMA_CPP/convert_hf_to_gguf.py" ]; then
   mkdir -p "$(dirname "$LLAMA_CPP")" && rm -rf "$LLAMA_CPP"
   mv "$tools"/llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA_CPP" && rm -rf "$tools"
 fi
-.venv/bin/python -c "import unsloth_sft, trl, peft, gradio; print('unsloth-sft set up in .venv')"
+# The import check, with the library's own noise filter (bitsandbytes' kernels-community notice says nothing here).
+.venv/bin/python -c "from unsloth_sft.core.quiet import silence_known_noise as s; s(); import trl, peft, gradio
+print('unsloth-sft set up in .venv')"

@@ -77,6 +77,12 @@ def test_train_notebook_writes_metrics(demo_run):
     assert "image/png" in text  # the loss curve was displayed
     assert "before training" in text  # the side-by-side table
     assert "finished " in text and "unsloth-sft infer --run" in text  # the summary cell ends the notebook
+    # the report's recipe is the -f sections: what changed is the -p shortcut and what the run resolved
+    recipe = json.loads((run / "environment.json").read_text())["recipe"]
+    assert recipe["sections"] is True and recipe["path"] is None
+    assert {c["key"]: (c["recipe"], c["run"]) for c in recipe["changes"]}.get("train.max_steps") == (60, 8)
+    assert {c["key"] for c in recipe["changes"]} <= {"train.max_steps", "data.template"}, recipe["changes"]
+    assert "the recipe's sections given to papermill with -f" in (run / "report.md").read_text()
     for path in run.rglob("*"):  # executed notebook, config, cards, weights: the token is in none of them
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
@@ -182,6 +188,9 @@ def test_unsloth_sft_notebook_command(tmp_path):
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["steps"] == 3
     assert f"finished {tmp_path / 'demo'}: 3 steps" in done.stdout  # a summary, not only the notebook's path
     assert f"unsloth-sft eval --run {tmp_path / 'demo'}" in done.stdout
+    recipe = json.loads((tmp_path / "demo" / "environment.json").read_text())["recipe"]  # the report diffs the file
+    assert recipe["path"] == str(ROOT / "params/demo-cpu.yaml")
+    assert {c["key"] for c in recipe["changes"]} >= {"output_dir", "train.max_steps", "overwrite"}
     bad = subprocess.run(
         [
             str(BIN / "unsloth-sft"),

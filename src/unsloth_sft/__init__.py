@@ -48,6 +48,7 @@ _API = {
     # notebooks and studies
     "notebook_config": "unsloth_sft.notebooks:notebook_config",
     "notebook_run": "unsloth_sft.notebooks:notebook_run",
+    "notebook_recipe": "unsloth_sft.notebooks:notebook_recipe",
     "side_by_side": "unsloth_sft.notebooks:side_by_side",
     "compare": "unsloth_sft.studies.compare:compare",
     # module names that notebooks imported before the package had rooms: `from unsloth_sft import evaluate, preview,

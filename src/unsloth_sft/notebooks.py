@@ -10,6 +10,7 @@ from typing import Any
 from unsloth_sft.config.load import check_secret, load_config
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import ConfigError, RunError
+from unsloth_sft.core.files import atomic_file, check_output
 from unsloth_sft.core.quiet import is_verbose
 from unsloth_sft.runs.folder import RunDir
 
@@ -42,6 +43,12 @@ def notebook_config(namespace: dict[str, Any], defined: set[str]) -> RunConfig:
     # papermill -f gives the sections themselves: then a params_file would only leak keys the recipe left out.
     params_file = None if params else namespace.get("params_file") or None
     return load_config(params_file, overrides=notebook_overrides(namespace), params=params)
+
+
+def notebook_recipe(namespace: dict[str, Any]) -> str | dict[str, Any] | None:
+    """What a notebook run's report diffs its config against: the params file named (`unsloth-sft notebook` names
+    it), else the sections papermill -f gave, else None (the library defaults)."""
+    return namespace.get("params_file") or _sections(namespace) or None
 
 
 def _sections(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -85,33 +92,38 @@ def side_by_side(before: list[dict], after: list[dict]) -> str:
 
 
 def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, Any]) -> Path:
-    """papermill, headless, into `output` (its folder made first), streaming the cells' output; a failing cell
-    becomes one line naming the cell."""
+    """papermill, headless, into `output`, streaming the cells' output; a failing cell becomes one line naming the
+    cell. papermill writes a temporary file beside `output`, renamed over it at the end (a failed run's notebook
+    too: it shows the failing cell), so a kill leaves the older `output` whole; never over the notebook itself."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     if not Path(notebook).is_file():
         raise ConfigError(f"{notebook}: notebook not found (notebooks/train.ipynb, evaluate.ipynb, infer.ipynb)")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output(notebook, output, "--output", f"the notebook {notebook} itself", "write the executed copy elsewhere")
     if not is_verbose():  # tqdm.auto in a kernel without ipywidgets warns once per import: it says nothing to act on
         os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            kernel_name="python3",
-            language="python",
-            cwd=str(Path.cwd()),
-            progress_bar=False,
-            log_output=True,  # each cell's output as it comes: the stage and step lines of a long run
-            stdout_file=sys.stdout,
-            stderr_file=sys.stderr,
-            # the kernel's own start-up notices (e.g. "Kernel is running over TCP without encryption") are not ours
-            extra_arguments=[] if is_verbose() else ["--IPKernelApp.log_level=ERROR"],
-        )
-    except PapermillExecutionError as err:
-        raise RunError(f"{err.ename}: {err.evalue} (in {output}, cell {err.exec_count})") from None
+    failed = None
+    with atomic_file(output) as tmp:
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(tmp),
+                parameters=parameters,
+                kernel_name="python3",
+                language="python",
+                cwd=str(Path.cwd()),
+                progress_bar=False,
+                log_output=True,  # each cell's output as it comes: the stage and step lines of a long run
+                stdout_file=sys.stdout,
+                stderr_file=sys.stderr,
+                # the kernel's own start-up notices (e.g. "Kernel is running over TCP without encryption") are not ours
+                extra_arguments=[] if is_verbose() else ["--IPKernelApp.log_level=ERROR"],
+            )
+        except PapermillExecutionError as err:  # papermill wrote the whole notebook, the failing cell included
+            failed = err
+    if failed is not None:
+        raise RunError(f"{failed.ename}: {failed.evalue} (in {output}, cell {failed.exec_count})") from None
     return output
 
 

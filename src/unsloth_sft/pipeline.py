@@ -62,7 +62,7 @@ class Run:
     metrics: dict | None = None
     set_aside: Path | None = None  # an overwritten run, kept until this one has finished
     lock: RunLock | None = None  # the run folder's one-writer lock (rank 0), held from begin to finish
-    recipe: str | None = None  # the params file the config came from (None: papermill -f sections, or defaults)
+    recipe: str | dict | None = None  # the params file the config came from, papermill -f sections, or None
 
     @property
     def run_dir(self) -> Path:
@@ -78,7 +78,7 @@ def say(n: int, name: str) -> None:
         stage(n, STAGES, name)
 
 
-def begin(cfg: RunConfig, recipe: str | Path | None = None) -> Run:
+def begin(cfg: RunConfig, recipe: str | Path | dict | None = None) -> Run:
     """Stage 1, before any model loads: the launch, the run folder (finished? resumable with this config?
     writable?), the data (read and shaped without a tokenizer), the chat template and the trackers are checked;
     data.task is resolved. Nothing is written but the run's lock (beside the folder): every input error stops here,
@@ -92,7 +92,7 @@ def begin(cfg: RunConfig, recipe: str | Path | None = None) -> Run:
     lock = RunLock(folder.path).acquire() if is_main_process() else None
     try:
         run = _checked(cfg, folder, lock)
-        run.recipe = str(recipe) if recipe else None
+        run.recipe = recipe if isinstance(recipe, dict) or not recipe else str(recipe)
         return run
     except BaseException:
         if lock is not None:
@@ -170,21 +170,25 @@ def load_data(run: Run) -> str:
         if run.data.mix:  # the shares the mix came to, beside the weights that asked for them
             header = "\n".join([header, "data mix:", *mix_lines(run.data.mix)]).strip("\n")
         save_config(cfg, folder.config_file, header)
-        recipe = {"path": run.recipe, "changes": recipe_changes(run.recipe, cfg)}
+        path = None if isinstance(run.recipe, dict) else run.recipe
+        recipe = {"path": path, "sections": isinstance(run.recipe, dict), "changes": recipe_changes(run.recipe, cfg)}
         write_json(folder.environment_file, {**environment(), "model_source": source, "recipe": recipe})
     run.resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run.set_aside = aside
     return f"data: {data_line(run.data, cfg)}"
 
 
-def recipe_changes(recipe: str | None, cfg: RunConfig) -> list[dict]:
-    """What the run's config changed from its recipe (or from the library defaults): --set, notebook parameters,
+def recipe_changes(recipe: str | dict | None, cfg: RunConfig) -> list[dict]:
+    """What the run's config changed from its recipe (a params file, papermill -f sections, or the library defaults): --set, notebook parameters,
     and what the run resolved (data.task auto -> the task), as [{"key", "recipe", "run"}]."""
     from unsloth_sft.config.diff import flatten
     from unsloth_sft.config.load import load_config
 
     try:
-        base = load_config(recipe).to_dict() if recipe else RunConfig().to_dict()
+        if isinstance(recipe, dict):
+            base = load_config(None, params=recipe).to_dict()
+        else:
+            base = load_config(recipe).to_dict() if recipe else RunConfig().to_dict()
     except SFTError:  # the file changed or moved since: the diff is what is lost, not the run
         return []
     old, new = flatten(base), flatten(cfg.to_dict())

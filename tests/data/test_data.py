@@ -728,3 +728,20 @@ def test_inference_detects_the_task_training_detects(tmp_path):
         cfg = small_config(tmp_path, f"data.source={source}")
         assert recipe_task(cfg) == load_examples(cfg).task
     assert recipe_task(small_config(tmp_path, "data.source=sample:gsm8k-mini")) == "gsm8k"
+
+
+def test_tokenizing_a_big_dataset_says_how_far_it_is(tokenizer, capsys, monkeypatch):
+    """From data/tokenize.PROGRESS_ROWS conversations a progress line (a bar on a terminal) per chunk; the rows are
+    those of one batch; a small dataset prints nothing."""
+    from unsloth_sft.config.data import DataConfig
+    from unsloth_sft.data import tokenize as T
+
+    convs = [[{"role": "user", "content": f"q{i}?"}, {"role": "assistant", "content": f"a{i}."}] for i in range(7)]
+    monkeypatch.setenv("UNSLOTH_SFT_PROGRESS_S", "0")
+    whole = T.tokenize(tokenizer, convs, "chat", DataConfig(), 12)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(T, "PROGRESS_ROWS", 5)
+    monkeypatch.setattr(T, "CHUNK", 3)
+    assert T.tokenize(tokenizer, convs, "chat", DataConfig(), 12) == whole and whole[1] > 0  # some cut at 12
+    lines = [line.split(" |")[0] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [f"tokenize: {n}/7 conversations ({p}%)" for n, p in ((3, 43), (6, 86), (7, 100))]

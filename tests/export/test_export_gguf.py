@@ -195,6 +195,71 @@ def test_missing_quantizer_says_how_to_build_it(tmp_path, monkeypatch):
     assert "llama-quantize" in text and "cmake -B build" in text and str(tmp_path) in text and "\n" not in text
 
 
+# What llama.cpp's tools print as they go (convert_hf_to_gguf.py: a line per tensor on stderr, then gguf-py's
+# tqdm "Writing" bar, \r-separated; llama-quantize: "[  i/  n] name - ..."), from stand-ins that take a moment.
+FAKE_CONVERTER = r"""
+import sys, time
+out = sys.argv[sys.argv.index("--outfile") + 1]
+for i in range(3):
+    print(f"INFO:hf-to-gguf:blk.{i}.attn_q.weight,  torch.float32 --> F16, shape = {{16, 16}}", file=sys.stderr)
+    time.sleep(0.05)
+if "broken" in out:
+    sys.exit("Traceback (most recent call last):\nValueError: Can not map tensor 'lm_head.weight'")
+print("INFO:gguf.gguf_writer:Writing the following files:", file=sys.stderr, flush=True)
+for done in ("0.00", "1.05M", "2.10M"):
+    sys.stderr.write(f"\rWriting:  50%|#####     | {done}/2.10M [00:00<00:00, 10.0Mbyte/s]")
+    sys.stderr.flush()
+    time.sleep(0.05)
+open(out, "wb").write(b"GGUF")
+"""
+FAKE_QUANTIZER = """
+import sys
+for i in range(1, 4):
+    print(f"[{i:4d}/{3:4d}] blk.{i}.attn_q.weight - [16, 16, 1, 1], type = f16, converting to q4_K .. done", flush=True)
+open(sys.argv[2], "wb").write(b"GGUF")
+"""
+
+
+def fake_safetensors(folder, names) -> None:
+    """A model.safetensors of one float per tensor: its 8-byte header length, its JSON header, the data."""
+    entries = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)}
+    header = json.dumps({**entries, "__metadata__": {"format": "pt"}}).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4 * len(names)))
+
+
+def test_conversion_and_quantization_tell_their_progress_and_keep_the_output_for_errors(tmp_path, capsys, monkeypatch):
+    from unsloth_sft.export.gguf import convert, quantize, tensor_count
+
+    root, model = tmp_path / "llama.cpp", tmp_path / "model"
+    root.mkdir()
+    model.mkdir()
+    (root / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    fake_safetensors(model, ["blk.0.attn_q.weight", "blk.1.attn_q.weight", "blk.2.attn_q.weight"])
+    assert tensor_count(model) == 3
+    monkeypatch.setenv("UNSLOTH_SFT_PROGRESS_S", "0")
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # a log's setting: the converter's bar is still read
+    monkeypatch.delenv("UNSLOTH_SFT_VERBOSE", raising=False)
+    convert(root, model, tmp_path / "t-f16.gguf", "f16")
+    lines = [line.split(" |")[0] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        *(f"gguf f16, reading: {n}/3 tensors ({p}%)" for n, p in ((1, 33), (2, 67), (3, 100))),
+        *(f"gguf f16, writing: {n}/2.003 MiB ({p}%)" for n, p in (("0", 0), ("1.001", 50), ("2.003", 100))),
+    ]
+    with pytest.raises(RunError) as err:
+        convert(root, model, tmp_path / "broken-f16.gguf", "f16")
+    assert str(err.value) == "llama.cpp's converter failed (f16): ValueError: Can not map tensor 'lm_head.weight'"
+    tool = tmp_path / "llama-quantize"
+    tool.write_text(f"#!{sys.executable}\n{FAKE_QUANTIZER}")
+    tool.chmod(0o755)
+    capsys.readouterr()
+    quantize(tool, tmp_path / "t-f16.gguf", tmp_path / "t-q4_k_m.gguf", "q4_k_m")
+    lines = [line.split(" |")[0] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [f"gguf q4_k_m, quantizing: {n}/3 tensors ({p}%)" for n, p in ((1, 33), (2, 67), (3, 100))]
+    monkeypatch.setenv("UNSLOTH_SFT_VERBOSE", "1")  # --verbose: the tool's own lines as well
+    convert(root, model, tmp_path / "again-f16.gguf", "f16")
+    assert "INFO:hf-to-gguf:blk.0.attn_q.weight," in capsys.readouterr().out
+
+
 def test_attention_scale_llama_cpp_ignores_is_refused():
     """llama.cpp's Gemma-2 scales by 1/sqrt(head_dim): a different query_pre_attn_scalar is a different model."""
     from transformers import Gemma2Config

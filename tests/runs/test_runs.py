@@ -221,3 +221,34 @@ def test_eval_on_another_file_makes_every_row_a_test_example(tmp_path):
     cfg = run_config(run, data=str(path))
     examples = load_examples(cfg)
     assert examples.task == "summarization" and len(examples.test_conversations) == 5
+
+
+def test_the_run_state(tmp_path):
+    """finished (metrics.json) > failed (failed.json) > running (a live lock holder here) > unfinished."""
+    from unsloth_sft.runs.lock import RunLock, lock_path
+
+    run = make_run(tmp_path, checkpoint=2)
+    assert run.state == "unfinished" and run.failure() is None
+    with RunLock(run.path):
+        assert run.state == "running"
+    lock_path(run.path).write_text(json.dumps({"pid": 2**22 + 7, "host": "elsewhere"}))  # left by a killed run
+    assert run.state == "unfinished"
+    failed = run.mark_failed(
+        "RuntimeError: boom", "builtins.RuntimeError", 2, 60, "Traceback ...\nRuntimeError: boom\n"
+    )
+    assert failed["state"] == "failed" and failed["checkpoint"] == "checkpoint-2"
+    assert run.failure() == failed and run.traceback_file.read_text().endswith("boom\n")
+    with RunLock(run.path):  # the notebook's kernel still holds it after the failed cell
+        assert run.state == "failed"
+    run.metrics_file.write_text("{}")
+    assert run.state == "finished"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_starting_a_failed_run_again_clears_the_mark(tmp_path, overwrite):
+    run = make_run(tmp_path, checkpoint=2)
+    run.mark_failed("RuntimeError: boom", "builtins.RuntimeError", 2, 60, "Traceback ...")
+    resume_from, aside = run.prepare(demo(tmp_path, f"overwrite={str(overwrite).lower()}"))
+    assert run.state == "unfinished" and not run.traceback_file.exists()
+    assert resume_from == (None if overwrite else run.checkpoints / "checkpoint-2")
+    assert aside is None or (aside / "failed.json").is_file()  # the set-aside old run keeps its own record

@@ -138,6 +138,15 @@ def test_sweep_section_has_its_own_schema_and_single_runs_ignore_it(tmp_path):
     assert s.direction == "maximize" and s.folder == tmp_path / "runs" / "t-sweep"
 
 
+def test_a_sweep_section_without_a_recipe_is_refused(tmp_path, capsys):
+    """Every variant would train the library defaults (into runs/demo): the file needs the recipe beside its sweep."""
+    path = tmp_path / "only.yaml"
+    path.write_text("sweep:\n  grid:\n    lora.r: [4, 8]\n", encoding="utf-8")
+    assert sweep(str(path)) == 2
+    assert f"{path}: the params file holds only a sweep: section, no recipe" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["only.yaml"]
+
+
 def test_a_bad_variant_config_stops_the_sweep_before_anything_is_written(tmp_path, capsys):
     path = recipe(tmp_path)
     assert sweep(str(path), "--grid", "lora.r=8,0") == 2
@@ -222,7 +231,7 @@ def test_grid_trains_four_runs_and_a_leaderboard_of_the_differing_keys(grid_swee
     assert {p.name for p in folder.iterdir() if (p / "metrics.json").is_file()} == NAMES
     assert all((folder / n / "eval" / "metrics.json").is_file() for n in NAMES)
     # what reproduces the sweep: the recipe, the grid, every variant's resolved config
-    assert (folder / "recipe.yaml").is_file()
+    assert (folder / "recipe.yaml").is_file() and not (folder / ".sweep.lock").exists()  # released, removed
     assert "lora.r" in (folder / "sweep.yaml").read_text()
     assert {p.stem for p in (folder / "variants").glob("*.yaml")} == NAMES
     assert load_config(folder / "variants" / "t_lr5e-3_r8.yaml").train.learning_rate == 0.005
@@ -303,6 +312,7 @@ def test_a_variant_through_the_training_notebook_keeps_its_executed_notebook(tmp
     executed = json.loads((run / "train.ipynb").read_text(encoding="utf-8"))
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
     assert (run / "metrics.json").is_file() and (run / "eval" / "metrics.json").is_file()
+    assert not list(run.glob(".train.ipynb.tmp-*"))  # papermill's temporary file was renamed into place
 
 
 @pytest.mark.slow

@@ -7,12 +7,13 @@ import argparse
 import sys
 
 from unsloth_sft.app.commands import COMMANDS
-from unsloth_sft.core.errors import SFTError
+from unsloth_sft.core.errors import SFTError, TrainingFailed
 from unsloth_sft.core.files import write_problem
 from unsloth_sft.core.procs import terminate_as_interrupt
 from unsloth_sft.core.quiet import quiet_terminal
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # training crashed (not the input's fault): the run folder holds failed.json and the traceback
 
 
 def parser() -> argparse.ArgumentParser:
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does: temporary files, children, the lock
             return COMMANDS[args.command](args)
+    except TrainingFailed as err:
+        print(f"unsloth-sft: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except SFTError as err:
         print(f"unsloth-sft: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

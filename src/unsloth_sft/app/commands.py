@@ -116,6 +116,10 @@ def export(args) -> int:
     quant = [q.strip() for q in args.quant.split(",") if q.strip()] if args.quant else None
     result = export_run(args.run_dir, args.method or ["merged_16bit"], args.push_to_hub, args.private, quant=quant)
     print(json.dumps(result))
+    if result.get("report"):
+        from unsloth_sft.evaluation.run_report import report_line
+
+        print(report_line(Path(result["report"])))
     return 0
 
 

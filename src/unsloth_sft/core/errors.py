@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class SFTError(Exception):
-    """Base of every error this package raises on purpose; the CLI prints it on one line and exits 2."""
+    """Base of every error this package raises on purpose; the CLI prints it on one line and exits 2 (1: TrainingFailed)."""
 
     def __str__(self) -> str:
         # One line always: a multi-line message would read like a traceback in a notebook or a log.
@@ -25,3 +25,7 @@ class ModelError(SFTError, ValueError):
 
 class RunError(SFTError, RuntimeError):
     """A run folder, disk or training state problem."""
+
+
+class TrainingFailed(SFTError, RuntimeError):
+    """Training crashed (not a bad input): the run folder is marked failed and holds the full traceback."""

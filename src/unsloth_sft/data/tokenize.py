@@ -6,8 +6,12 @@ import json
 
 from unsloth_sft.config.data import DataConfig
 from unsloth_sft.core.errors import DataError
+from unsloth_sft.core.progress import Progress, progress
 from unsloth_sft.data.prompts import render
 from unsloth_sft.models.tokens import adds_bos
+
+PROGRESS_ROWS = 10_000  # from this many conversations (or documents) tokenizing says how far it is: tens of seconds
+CHUNK = 1_000  # conversations rendered and tokenized together: one batched tokenizer call, one progress step
 
 
 def _segments(rendered) -> list[tuple[str, bool]]:
@@ -32,8 +36,21 @@ def tokenize(
     prompt's tokens are exactly those of the inference prompt (which ends where the answer starts). A template
     that refuses a conversation names its file and line (`wheres`, one per conversation).
     """
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    truncated = 0
+    with Progress(len(convs), "tokenize", unit="conversation", enabled=len(convs) >= PROGRESS_ROWS) as bar:
+        for start in range(0, len(convs), CHUNK):
+            chunk = convs[start : start + CHUNK]
+            truncated += _tokenize_chunk(tokenizer, chunk, template, cfg, max_len, wheres, start, input_ids, labels)
+            bar.update(len(chunk))
+    return {"input_ids": input_ids, "labels": labels}, truncated
+
+
+def _tokenize_chunk(tokenizer, convs, template, cfg, max_len, wheres, first, input_ids, labels) -> int:
+    """tokenize() for the conversations from index `first`: appends their rows, returns how many were cut."""
     rendered = []
-    for i, conv in enumerate(convs):
+    for i, conv in enumerate(convs, first):
         try:
             rendered.append(render(tokenizer, conv, template, cfg.last_turn_only))
         except DataError as err:
@@ -42,7 +59,7 @@ def tokenize(
     pieces = [_segments(r) for r in rendered]
     flat = [text for p in pieces for text, _ in p]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
-    input_ids, labels, truncated = [], [], 0
+    truncated = 0
     for p in pieces:
         ids: list[int] = []
         lab: list[int] = []
@@ -55,7 +72,7 @@ def tokenize(
             ids, lab = ids[:max_len], lab[:max_len]
         input_ids.append(ids)
         labels.append(lab)
-    return {"input_ids": input_ids, "labels": labels}, truncated
+    return truncated
 
 
 def tokenize_cached(
@@ -103,7 +120,7 @@ def text_blocks(tokenizer, texts: list[str], block_size: int) -> dict:
     """Raw text: tokenize everything, EOS between documents, cut into full blocks; the loss covers every token."""
     ids: list[int] = []
     bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []  # the BOS rule (models.tokens), as prompts
-    for text in texts:
+    for text in progress(texts, desc="tokenize", unit="document", enabled=len(texts) >= PROGRESS_ROWS):
         ids.extend(bos + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
     blocks = [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
     if not blocks:

@@ -17,7 +17,7 @@ from unsloth_sft.core.quiet import warn
 from unsloth_sft.data.prompts import prompts_for
 from unsloth_sft.evaluation.generate import generate, generation_speed
 from unsloth_sft.evaluation.loss import eval_loss
-from unsloth_sft.evaluation.run_report import write_run_report
+from unsloth_sft.evaluation.run_report import report_line, write_run_report
 from unsloth_sft.runs.folder import RunDir
 from unsloth_sft.runs.lock import locked
 
@@ -47,7 +47,8 @@ def evaluate_run(cfg: RunConfig, run: RunDir | Path, data_file: str | None = Non
         if not run.is_finished:
             warn(f"{run} is not finished (no metrics.json): scoring the weights it has")
         result = _evaluate(cfg, run, data_file)
-        write_run_report(run)  # the report shows the evaluation now
+        report = write_run_report(run)  # the report shows the evaluation now
+        result["summary"] += "\n" + report_line(report)  # what `eval` prints: the page comes last
         return result
 
 

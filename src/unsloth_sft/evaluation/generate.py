@@ -96,11 +96,11 @@ def generate(
             for start in batches:
                 batch = prompts[start : start + ecfg.batch_size]
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                bar.n = (start // ecfg.batch_size) * ecfg.max_new_tokens  # a batch that stopped early counts whole
                 out = model.generate(**enc, **kwargs, streamer=streamer, stopping_criteria=criteria)
                 new = out[:, enc["input_ids"].shape[1] :]
                 outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-                bar.update(0, f"{len(outputs)}/{len(prompts)} examples")
+                done = (start // ecfg.batch_size + 1) * ecfg.max_new_tokens  # a batch that stopped early counts whole
+                bar.update(done - bar.n, f"{len(outputs)}/{len(prompts)} examples")
     finally:
         tokenizer.padding_side = side
     return outputs

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from unsloth_sft.core.files import atomic_write_text, read_json
-from unsloth_sft.core.progress import duration, number
+from unsloth_sft.core.progress import duration, number, size
 from unsloth_sft.evaluation.report import check_table, metrics_table
 from unsloth_sft.runs.folder import RunDir
 
@@ -36,13 +36,14 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def size(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
-
-
 def recipe_section(env: dict) -> str:
     recipe = env.get("recipe") or {}
-    where = f"`{recipe['path']}`" if recipe.get("path") else "the library defaults (no params file named)"
+    if recipe.get("path"):
+        where = f"`{recipe['path']}`"
+    elif recipe.get("sections"):
+        where = "the recipe's sections given to papermill with -f"
+    else:
+        where = "the library defaults (no params file named)"
     changes = recipe.get("changes") or []
     rows = [
         (c["key"], json.dumps(c["recipe"], ensure_ascii=False), json.dumps(c["run"], ensure_ascii=False))
@@ -158,6 +159,11 @@ def to_html(markdown: str, title: str) -> str:
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n"
     )
+
+
+def report_line(report: Path) -> str:
+    """The line a command ends with: where its run's page is."""
+    return f"report (open it in a browser): {report}"
 
 
 def write_run_report(run: RunDir | str | Path) -> Path:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,8 @@ from pathlib import Path
 from unsloth_sft.core import procs
 from unsloth_sft.core.errors import ModelError, RunError
 from unsloth_sft.core.paths import cache_root
-from unsloth_sft.core.progress import duration
+from unsloth_sft.core.progress import Progress, duration, size
+from unsloth_sft.core.quiet import is_verbose
 from unsloth_sft.export.modelfile import END_OF_TURN, modelfile
 from unsloth_sft.models.gguf import ensure_sentencepiece
 from unsloth_sft.models.tokens import adds_bos, token_id
@@ -36,6 +39,12 @@ BUILD_QUANTIZER = (
     "-DLLAMA_BUILD_TESTS=OFF && cmake --build build --target llama-quantize -j2"
 )
 CONTROL = 3  # tokenizer.ggml.token_type of a control token: llama.cpp stops on an end-of-turn one
+# What the tools print as they go, read for our progress lines: the converter logs each tensor it lays out, then
+# gguf-py writes them under a tqdm bar (where the time goes: tensors are converted lazily, as they are written);
+# llama-quantize numbers each tensor it quantizes.
+TENSOR_LINE = re.compile(r" --> \w+, shape = \{")
+WRITE_BAR = re.compile(r"Writing:\s*\d+%\|[^|]*\|\s*([\d.]+)([kMGTP]?)/([\d.]+)([kMGTP]?)")
+QUANT_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
 
 
 def llama_cpp_candidates() -> list[Path]:
@@ -133,6 +142,85 @@ def _last_error(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
+def tensor_count(folder: Path) -> int | None:
+    """How many tensors the safetensors files in `folder` hold (their headers only): the converter's total, about."""
+    total = 0
+    for path in Path(folder).glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(key != "__metadata__" for key in header)
+    return total or None
+
+
+def _mib(value: str, prefix: str) -> float:
+    """tqdm's unit_scale figure ('536M', '1.07G': powers of 1000) in MiB."""
+    return float(value) * 1000 ** " kMGTP".index(prefix or " ") / 2**20
+
+
+class Relay:
+    """A child's output as it comes: its progress told through core.progress (tensors laid out, MiB written,
+    tensors quantized), all of it kept for the error message; with --verbose every line is shown as well."""
+
+    def __init__(self, label: str, tensors: int | None = None):
+        self.label, self.tensors, self.phase = label, tensors, ""
+        self.bar: Progress | None = None
+        self.verbose = is_verbose()
+
+    def _bar(self, phase: str, total: float | None, unit: str) -> Progress:
+        if self.phase != phase:
+            self.close()
+            self.phase, self.bar = phase, Progress(total, f"{self.label}, {phase}", unit=unit)
+        return self.bar
+
+    def piece(self, text: str) -> None:
+        if self.verbose and text.strip():
+            print(text, flush=True)
+        if TENSOR_LINE.search(text):
+            bar = self._bar("reading", self.tensors, "tensor")
+            if bar.total is not None and bar.n >= bar.total:  # more than the safetensors held: no ETA to give
+                bar.total = None
+            bar.update()
+        elif m := WRITE_BAR.search(text):
+            bar = self._bar("writing", _mib(m[3], m[4]), "MiB")
+            bar.update(_mib(m[1], m[2]) - bar.n)
+        elif m := QUANT_LINE.search(text):
+            bar = self._bar("quantizing", int(m[2]), "tensor")
+            bar.update(int(m[1]) - bar.n)
+
+    def read(self, stream) -> str:
+        """Every piece of `stream` (lines, and a bar's \\r-separated updates) as it comes; all of it, decoded."""
+        kept, rest = [], b""
+        while chunk := stream.read1(65536):
+            kept.append(chunk)
+            *pieces, rest = re.split(rb"[\r\n]", rest + chunk)
+            for piece in pieces:
+                self.piece(piece.decode("utf-8", errors="replace"))
+        if rest:
+            self.piece(rest.decode("utf-8", errors="replace"))
+        return b"".join(kept).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run_relayed(cmd: list[str], relay: Relay, env: dict | None = None) -> tuple[int, str]:
+    """(exit status, all its output): `cmd` tied to this process as core.procs ties it (it dies when we die, and is
+    killed if we stop waiting), its stdout and stderr read together as they come, through `relay`."""
+    with subprocess.Popen(procs.tied(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
+        try:
+            text = relay.read(proc.stdout)
+            code = proc.wait()
+        except BaseException:  # KeyboardInterrupt, SIGTERM (procs.terminate_as_interrupt), an error: the child goes too
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            relay.close()
+    return code, text
+
+
 def convert(root: Path, folder: Path, out_file: Path, outtype: str) -> Path:
     """llama.cpp's convert_hf_to_gguf.py, as a subprocess of this Python (its own gguf-py comes first on its path)."""
     cmd = [
@@ -144,17 +232,18 @@ def convert(root: Path, folder: Path, out_file: Path, outtype: str) -> Path:
         "--outtype",
         outtype,
     ]
-    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    done = procs.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0 or not out_file.is_file():
-        raise RunError(f"llama.cpp's converter failed ({outtype}): {_last_error(done.stderr + done.stdout)}")
+    # its writer's tqdm bar is read here (TQDM_DISABLE, set for logs, would hide it from us too)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "TQDM_DISABLE")}
+    code, text = run_relayed(cmd, Relay(f"gguf {outtype}", tensor_count(folder)), env)
+    if code != 0 or not out_file.is_file():
+        raise RunError(f"llama.cpp's converter failed ({outtype}): {_last_error(text)}")
     return out_file
 
 
 def quantize(tool: Path, source: Path, out_file: Path, quant: str) -> Path:
-    done = procs.run([str(tool), str(source), str(out_file), quant.upper()], capture_output=True, text=True)
-    if done.returncode != 0 or not out_file.is_file():
-        raise RunError(f"llama-quantize failed ({quant}): {_last_error(done.stderr + done.stdout)}")
+    code, text = run_relayed([str(tool), str(source), str(out_file), quant.upper()], Relay(f"gguf {quant}"))
+    if code != 0 or not out_file.is_file():
+        raise RunError(f"llama-quantize failed ({quant}): {_last_error(text)}")
     return out_file
 
 
@@ -247,18 +336,21 @@ def export_gguf(
             for quant in dict.fromkeys(cfg.export.gguf_quant):
                 out_file = tmp / f"{cfg.run_name}-{quant}.gguf"
                 started = time.perf_counter()
-                print(f"gguf: converting merged/ to {out_file.name}", flush=True)
                 if quant in CONVERTER_TYPES:
+                    print(f"gguf: converting merged/ to {out_file.name}", flush=True)
                     convert(root, staged, out_file, quant)
                 else:  # llama.cpp's quantizer starts from a 16-bit file
                     f16 = work / "f16.gguf"
                     if not f16.is_file():
+                        print("gguf: converting merged/ to 16-bit first (llama-quantize starts from it)", flush=True)
                         convert(root, staged, f16, "f16")
+                    print(
+                        f"gguf: quantizing the 16-bit one to {out_file.name} (llama-quantize {quant.upper()})",
+                        flush=True,
+                    )
                     quantize(tool, f16, out_file, quant)
-                size = out_file.stat().st_size / 2**20
-                print(
-                    f"gguf: {out_file.name}, {size:,.0f} MiB, in {duration(time.perf_counter() - started)}; checking it"
-                )
+                took = duration(time.perf_counter() - started)
+                print(f"gguf: {out_file.name}, {size(out_file.stat().st_size)}, in {took}; checking it", flush=True)
                 meta = metadata_check(out_file, tokenizer, prompts)
                 figures = check_gguf(out_file, merged_model, tokenizer, prompts)
                 results[out_file.name] = {"quant": quant, "bytes": out_file.stat().st_size, **figures, "metadata": meta}

@@ -170,7 +170,7 @@ def export_run(
     quant: list[str] | None = None,
 ) -> dict[str, str]:
     """`unsloth-sft export RUN`: export a finished run folder with its own config (`quant` overriding
-    export.gguf_quant), its metrics and its evaluation in the cards."""
+    export.gguf_quant), its metrics and its evaluation in the cards; {what: folder}, the run's report.html last."""
     run = RunDir.of(run)
     cfg = run.config([f"export.gguf_quant=[{', '.join(quant)}]"] if quant else None)
     with locked(run.path):  # one writer per run folder: not while it trains or is evaluated
@@ -181,5 +181,5 @@ def export_run(
             print(note)
         eval_metrics = (run.eval_metrics() or {}).get("metrics")
         out = export(run, cfg, methods, None, run.metrics(), eval_metrics, push_to_hub, private)
-        write_run_report(run)  # the report lists the exports now
+        out["report"] = str(write_run_report(run))  # the report lists the exports now; the JSON line names it
         return out

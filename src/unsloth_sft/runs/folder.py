@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ EXPORT_CHECK = "export_check.json"  # written by every export (unsloth_sft.expor
 ERROR = "error.json"  # a sweep variant that failed: its one-line error
 VARIANT_WALL = "sweep_variant.json"  # a sweep variant's wall time (train + eval)
 FINISHED_MARK = METRICS  # written last, atomically: its presence means the run finished
+FAILED, TRACEBACK = "failed.json", "traceback.txt"  # training crashed: its state and one-line error; the full traceback
+RunState = Literal["finished", "failed", "running", "unfinished"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class RunDir:
     gguf_dir = property(lambda self: self.path / GGUF)
     export_check_file = property(lambda self: self.path / EXPORT_CHECK)
     error_file = property(lambda self: self.path / ERROR)
+    failed_file = property(lambda self: self.path / FAILED)
+    traceback_file = property(lambda self: self.path / TRACEBACK)
 
     def eval_dir(self, data: str | None = None) -> Path:
         """eval/ for the run's own test split; eval-NAME/ for another dataset (`eval --data NAME.jsonl`)."""
@@ -87,6 +92,48 @@ class RunDir:
     @property
     def is_finished(self) -> bool:
         return self.metrics_file.is_file()
+
+    @property
+    def state(self) -> RunState:
+        """finished (metrics.json), failed (failed.json: training crashed), running (a live process holds its lock
+        on this host), else unfinished (stopped or killed: a rerun resumes it)."""
+        if self.is_finished:
+            return "finished"
+        if self.failed_file.is_file():
+            return "failed"
+        from unsloth_sft.runs.lock import lock_path
+
+        holder = lock_path(self.path)
+        try:
+            info = json.loads(holder.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # no lock file: nobody writes the folder now
+            return "unfinished"
+        pid = info.get("pid")
+        alive = isinstance(pid, int) and pid > 0 and info.get("host") == socket.gethostname() and pid_alive(pid)
+        return "running" if alive else "unfinished"  # a lock file left by a killed process holds a dead pid
+
+    def failure(self) -> dict[str, Any] | None:
+        """failed.json: {"state": "failed", "step", "max_steps", "error", "type", "traceback", "checkpoint"}, or None."""
+        return read_json(self.failed_file)
+
+    def mark_failed(self, error: str, kind: str, step: int, max_steps: int | None, traceback: str) -> dict[str, Any]:
+        """Write the full traceback, then failed.json naming it (written last: it points at a whole traceback)."""
+        from unsloth_sft.core.files import atomic_write_text, write_json
+
+        atomic_write_text(self.traceback_file, traceback)
+        latest = self.latest_checkpoint()
+        failed = {
+            "state": "failed",
+            "step": step,  # optimizer steps completed before the crash
+            "max_steps": max_steps,
+            "error": error,
+            "type": kind,
+            "traceback": str(self.traceback_file),
+            "checkpoint": latest.name if latest else None,  # where a rerun resumes (train.resume: auto)
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        write_json(self.failed_file, failed)
+        return failed
 
     @property
     def has_adapter(self) -> bool:
@@ -243,6 +290,8 @@ class RunDir:
                 print(f"note: {old} is a run an interrupted overwrite set aside; move it back or delete it")
         if aside is not None:
             print(f"overwrite: the previous run is in {aside} until this one finishes")
+        for marker in (self.failed_file, self.traceback_file):  # started again: no longer the crashed attempt
+            marker.unlink(missing_ok=True)
         resume_from = self.resume_point(cfg.train.resume)
         if resume_from is None:
             self.clear_outputs()

@@ -22,7 +22,7 @@ from unsloth_sft.core.progress import number
 from unsloth_sft.evaluation.run_report import to_html
 from unsloth_sft.runs.folder import ERROR, RunDir
 from unsloth_sft.runs.folder import VARIANT_WALL as WALL
-from unsloth_sft.studies.spec import SWEEP, VARIANTS, direction_of, short_value
+from unsloth_sft.studies.spec import LOGS, SWEEP, VARIANTS, direction_of, short_value
 
 # Keys every run has its own value of: never what tells two variants apart.
 NOT_SETTINGS = ("run_name", "output_dir", "overwrite")
@@ -32,7 +32,7 @@ NOT_SETTINGS = ("run_name", "output_dir", "overwrite")
 class Row:
     name: str
     path: Path
-    status: str  # finished | trained (no eval) | failed | unfinished | pending
+    status: str  # finished | trained (no eval) | failed | running | unfinished | pending
     config: dict[str, Any]  # flattened resolved config
     eval: dict[str, dict]  # eval/metrics.json "metrics": name -> {base, tuned}
     train: dict[str, Any]  # metrics.json
@@ -78,10 +78,14 @@ def read_row(path: Path, planned: Path | None = None) -> Row:
         saved = yaml.safe_load(planned.read_text(encoding="utf-8"))
     train, ev = run.metrics() or {}, (run.eval_metrics() or {}).get("metrics") or {}
     error = _json(path / ERROR).get("error")
-    if error:
+    state = run.state
+    if error or state == "failed":  # a sweep variant's error.json, or training crashed (failed.json)
         status = "failed"
-    elif run.is_finished:
+        error = error or (run.failure() or {}).get("error")
+    elif state == "finished":
         status = "finished" if ev else "trained"
+    elif state == "running":
+        status = "running"
     else:
         status = "unfinished" if run.config_file.is_file() else "pending"
     history = _json(run.loss_history).get("history") or []
@@ -93,20 +97,22 @@ def read_row(path: Path, planned: Path | None = None) -> Row:
     return Row(path.name, path, status, flatten(saved or {}), ev, train, wall, error, best)
 
 
-SKIP = ("checkpoints", "adapter", "merged", "merged_4bit_forced", "gguf", "logs", "variants", "wandb")
+SWEEP_PARTS = (LOGS, VARIANTS)  # a sweep folder's own: its trials' logs, its planned configs
 
 
 def run_folders(given: Path) -> list[tuple[Path, Path | None]]:
     """(run folder, its planned config or None) for every run at any depth below `given`: sweeps inside sweeps,
-    several workers' folders, a folder of folders; planned sweep variants that never started too. A run folder's
-    own parts (checkpoints, adapter, eval, ...) and hidden folders (a run set aside) are not searched."""
+    several workers' folders, a folder of folders, whatever they are named (`logs/r3`, `evaluation-sweep/r1`);
+    planned sweep variants that never started too. A run folder's own parts (checkpoints, adapter, eval, ...), a
+    sweep folder's logs and variants, and hidden folders (a run set aside) are not searched."""
     if (given / "config.yaml").is_file() or (given / ERROR).is_file():
         return [(given, None)]
+    sweep = (given / VARIANTS).is_dir()
     found: list[tuple[Path, Path | None]] = []
     for child in sorted(p for p in given.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if child.name not in SKIP and not child.name.startswith("eval"):
+        if not (sweep and child.name in SWEEP_PARTS):
             found += run_folders(child)
-    if (given / VARIANTS).is_dir():  # a sweep folder: its variants, planned ones included
+    if sweep:  # its variants, planned ones included
         planned = {p.stem: p for p in sorted((given / VARIANTS).glob("*.yaml"))}
         found = [(f, planned.get(f.name) if f.parent == given else c) for f, c in found]
         found += [(given / name, path) for name, path in planned.items() if not (given / name).is_dir()]

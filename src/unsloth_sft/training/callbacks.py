@@ -112,6 +112,7 @@ class StepProgress(TrainerCallback):
         self.bar = None
         self.loss = None
         self.tokens_at_start = 0
+        self.pending = 0  # steps done whose loss is still to be logged
 
     def on_train_begin(self, args, state, control, **kwargs):
         from unsloth_sft.core.progress import Progress
@@ -120,30 +121,50 @@ class StepProgress(TrainerCallback):
             return
         self.bar = Progress(state.max_steps, "train", unit="step")
         self.bar.n = state.global_step  # resumed: the steps done before count
+        if self.bar.bar is not None:
+            self.bar.bar.update(state.global_step)
         self.tokens_at_start = int(state.num_input_tokens_seen or 0)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs and "loss" in logs:  # the step's loss: now its line can be written
             self.loss = logs["loss"]
-            self.show(state, steps=0)
+            self.show(state)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is None:
             return
-        if args.logging_steps and state.global_step % args.logging_steps == 0:
-            self.bar.n += 1  # its loss comes with the log that follows (on_log writes the line)
-        else:
-            self.show(state, steps=1)
+        self.pending += 1
+        if not (args.logging_steps and state.global_step % args.logging_steps == 0):
+            self.show(state)  # else its loss comes with the log that follows (on_log writes the line)
 
-    def show(self, state, steps: int) -> None:
+    def show(self, state) -> None:
         from unsloth_sft.core.progress import number
 
         elapsed = time.perf_counter() - self.bar.started
         speed = (int(state.num_input_tokens_seen or 0) - self.tokens_at_start) / max(elapsed, 1e-9)
         shown = [f"loss {number(self.loss)}"] if self.loss is not None else []
+        steps, self.pending = self.pending, 0
         self.bar.update(steps, *shown, f"{number(speed)} tok/s")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
+            if self.pending:
+                self.show(state)
             self.bar.close()
             self.bar = None
+
+
+class ComputeDtype(TrainerCallback):
+    """Writes the dtype training computes in (training.outputs.compute_dtype) into the run's environment.json,
+    where the run report reads it: only the Trainer knows its mixed precision, and only the model its weights."""
+
+    def __init__(self, environment_file):
+        self.environment_file = environment_file
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from unsloth_sft.core.files import read_json, write_json
+        from unsloth_sft.training.outputs import compute_dtype
+
+        env = read_json(self.environment_file) if state.is_world_process_zero and model is not None else None
+        if env is not None:  # no environment.json (a trainer built outside a run): nothing to add to
+            write_json(self.environment_file, {**env, "compute_dtype": compute_dtype(model, args)})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.config.train import best_metric_name, load_best
-from unsloth_sft.core.errors import RunError
+from unsloth_sft.core.errors import RunError, SFTError, TrainingFailed
+from unsloth_sft.runs.folder import RunDir
 from unsloth_sft.training.distributed import gather, is_main_process, world_size
 
 
@@ -36,7 +38,7 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
         output = restore_finished(trainer, Path(resume_from), load_best(cfg.train))
         memory.on_train_end(trainer.args, trainer.state, trainer.control)
     else:
-        output = fit_or_explain(trainer, resume_from)
+        output = fit_or_explain(trainer, resume_from, RunDir(cfg.run_dir))
     if nan is not None and nan.bad_step is not None:
         raise RunError(
             f"loss became NaN/inf at step {nan.bad_step}; training stopped (last good checkpoint kept); "
@@ -145,18 +147,55 @@ def loss_history(trainer) -> list[dict]:
     return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
 
 
-def fit_or_explain(trainer, resume_from: Path | None):
+def fit_or_explain(trainer, resume_from: Path | None, folder: RunDir | None = None):
     """trainer.train; a full disk while the Trainer writes a checkpoint (its own writer, not ours) becomes one line,
-    and the half-written checkpoint goes: a rerun resumes from the last complete one."""
+    and the half-written checkpoint goes: a rerun resumes from the last complete one. Any other crash (not a bad
+    input) marks `folder` failed and becomes one TrainingFailed line naming the error and its traceback file."""
     from unsloth_sft.core.files import cannot_write, write_problem
 
     try:
         return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except SFTError:
+        raise  # a bad input found during training (data, a callback's config): already one line
     except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError
         if write_problem(err) is None:
-            raise
+            raise training_failed(trainer, err, folder) from None  # the traceback is in the run folder
         checkpoints = Path(trainer.args.output_dir)
         for partial in checkpoints.glob("checkpoint-*"):
             if not (partial / "trainer_state.json").is_file():  # written last: without it, the save was cut
                 shutil.rmtree(partial, ignore_errors=True)
         raise cannot_write(checkpoints, err) from None
+
+
+def error_line(err: BaseException) -> str:
+    """The error's type and the first line of its message ("InductorError: AssertionError: ..."), at most 300 chars."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "").rstrip(":")
+    line = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def training_failed(trainer, err: Exception, folder: RunDir | None = None) -> TrainingFailed:
+    """Mark the run failed (failed.json, traceback.txt; rank 0) and say so in one line, with the fix when known."""
+    import traceback
+
+    from unsloth_sft.models.backends import compile_crash_hint
+
+    folder = folder or RunDir(Path(trainer.args.output_dir).parent)  # output_dir is RUN/checkpoints
+    state = trainer.state
+    step, total = int(state.global_step or 0), (state.max_steps or None)
+    summary = error_line(err)
+    text = "".join(traceback.format_exception(err))
+    where = folder.traceback_file
+    if is_main_process():
+        try:
+            folder.mark_failed(summary, f"{type(err).__module__}.{type(err).__name__}", step, total, text)
+        except Exception as unwritable:  # a full disk: the line still names the error, with the traceback below
+            print(text, file=sys.stderr)
+            where = f"not written: {error_line(unwritable)}; printed above"
+    hint = compile_crash_hint(text)
+    if hint is None and "OutOfMemoryError" in type(err).__name__:
+        hint = "out of GPU memory; lower train.per_device_train_batch_size or model.max_seq_length"
+    done = f"{step} of {total}" if total else str(step)
+    return TrainingFailed(
+        f"training failed after {done} steps: {summary}" + (f" ({hint})" if hint else "") + f"; traceback: {where}"
+    )

@@ -39,10 +39,12 @@ def plot_loss(
 
 
 def environment() -> dict[str, Any]:
-    """Package versions and device, saved beside what the run made."""
+    """Package versions, device and the unsloth switches set, saved beside what the run made."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
+
+    from unsloth_sft.models.backends import unsloth_settings
 
     versions = {}
     for name in (
@@ -68,4 +70,27 @@ def environment() -> dict[str, Any]:
         "cpu": f"{cpu['model']}, {cpu['cores']} cores",
         "cpu_flags": " ".join(cpu["flags"]),
         "packages": versions,
+        "unsloth_workarounds": unsloth_settings(),  # e.g. UNSLOTH_BNB_NF4_LINEAR=0 (torch 2.11 + CUDA): who set it, why
     }
+
+
+def compute_dtype(model, args=None) -> str:
+    """The dtype training computes in: the Trainer's mixed precision (bf16/fp16), else a 4-bit base's compute dtype,
+    else the floating weights' own (most of them by count); 'bfloat16 (weights float32)' when those differ."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[str(p.dtype).removeprefix("torch.")] += p.numel()
+    weights = counts.most_common(1)[0][0] if counts else None
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant or {}
+    four_bit = (
+        str(quant.get("bnb_4bit_compute_dtype") or "").removeprefix("torch.") if quant.get("load_in_4bit") else ""
+    )
+    mixed = "bfloat16" if getattr(args, "bf16", False) else "float16" if getattr(args, "fp16", False) else ""
+    compute = mixed or four_bit or weights or "unknown"
+    notes = [f"{'4-bit base, ' if four_bit else ''}weights {weights}"] if weights and weights != compute else []
+    notes += ["4-bit base"] if four_bit and not notes else []
+    return f"{compute} ({notes[0]})" if notes else compute

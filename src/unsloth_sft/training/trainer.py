@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unsloth_sft.config.run import RunConfig
-from unsloth_sft.runs.folder import CHECKPOINTS
+from unsloth_sft.runs.folder import CHECKPOINTS, ENVIRONMENT
 from unsloth_sft.training.args import sft_config
 from unsloth_sft.training.tracking import config_callback, tracker_env, trackers
 
@@ -57,6 +57,8 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
 
     `callbacks` run in order, before early stopping (a generation metric must be in the metrics it reads).
     """
+    from unsloth_sft.training.callbacks import ComputeDtype
+
     args = sft_config(cfg, cfg.run_dir / CHECKPOINTS, backend)
     stopper = early_stopping_callback(cfg)
     callbacks = [*callbacks, *([stopper] if stopper else [])]
@@ -73,17 +75,20 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_dataset, eval_dataset=
     if names:
         trainer.add_callback(config_callback(cfg, names, trainer.callback_handler.callbacks))
     show_progress(trainer)
+    trainer.add_callback(ComputeDtype(cfg.run_dir / ENVIRONMENT))  # for the run report's environment
     return trainer
 
 
 def show_progress(trainer) -> None:
-    """Our step lines (loss, tok/s, ETA) instead of the Trainer's bar and its raw log dicts; both with --verbose."""
+    """Our step lines (loss, tok/s, ETA) instead of the Trainer's bar (its HTML table in a notebook, interactive or
+    papermill) and its raw log dicts; theirs too with --verbose."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
 
     from unsloth_sft.core.quiet import is_verbose
     from unsloth_sft.training.callbacks import StepProgress
 
     if not is_verbose():
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
+        for theirs in (ProgressCallback, NotebookProgressCallback, PrinterCallback):
+            trainer.remove_callback(theirs)
     trainer.add_callback(StepProgress())
