@@ -3,6 +3,7 @@
     python -m bench.gpu                          # 2b and 9b, both backends, seq 2048: tokens/s, peak VRAM, MFU
     python -m bench.gpu --models 9b --bisect     # also the longest sequence that trains (bisection on OOM)
     python -m bench.gpu --check                  # only: which packages are missing, what would run
+    python -m bench.gpu --smoke                  # the user's path end to end on the 2B (bench.gpu_smoke; --help there)
 
 No weights are downloaded: each model is built from the released Gemma-2 config values with random weights
 (bf16 safetensors, once, under $UNSLOTH_SFT_CACHE/gpu-models), then loaded 4-bit through the library
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=None, help="where the random models are saved (default: cache)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     p.add_argument("--check", action="store_true", help="check packages and print the plan; run nothing")
+    p.add_argument(
+        "--smoke", action="store_true", help="train/eval/export/infer/notebook on the 2B: python -m bench.gpu_smoke"
+    )
     # worker mode (the driver runs one per model and backend)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
@@ -288,6 +292,11 @@ def drive(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:  # its own options (--model, --steps-timeout, --out, --results): see bench/gpu_smoke.py
+        from bench import gpu_smoke
+
+        return gpu_smoke.main([a for a in argv if a != "--smoke"])
     args = parse_args(argv)
     os.environ.setdefault("UNSLOTH_SFT_CACHE", str(ROOT / ".cache"))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -191,6 +191,9 @@ def fits(loaded, cfg, seq_len: int) -> bool:
 def run_worker(size: str, backend: str, args: argparse.Namespace) -> dict:
     """Throughput, peak VRAM and (with --bisect) the longest trainable sequence for one model and backend."""
     if backend == "unsloth":
+        from unsloth_sft.models.backends import apply_unsloth_workarounds
+
+        apply_unsloth_workarounds()  # as a run does: before unsloth reads its switches (a user's own setting wins)
         import unsloth  # noqa: F401  (before transformers, trl and peft: it patches them)
     import torch
 
@@ -229,6 +232,10 @@ def run_worker(size: str, backend: str, args: argparse.Namespace) -> dict:
         "attn_implementation": getattr(loaded.model.config, "_attn_implementation", None),
         "gpu": name,
     }
+    if backend == "unsloth":
+        from unsloth_sft.models.backends import unsloth_settings
+
+        result["unsloth_workarounds"] = unsloth_settings()  # the switches this row ran with, and who set them
     if args.bisect:
         tried: dict[int, bool] = {}
 
