@@ -197,3 +197,14 @@ def test_the_report_page_renders_in_a_browser(evaluated, chromium):
             page.screenshot(path=os.environ["UNSLOTH_SFT_SCREENSHOT"], full_page=True)
     finally:
         page.close()
+
+
+def test_an_example_input_is_cut_at_a_word_not_inside_one():
+    from unsloth_sft.evaluation.run_report import tail
+
+    assert tail("short input") == "short input"
+    text = "#Person1#: नमस्ते, मैंने पिछले हफ़्ते " * 40
+    cut = tail(text, 100)
+    assert cut.startswith("… ") and text.endswith(cut[2:]) and len(cut) <= 102
+    assert cut[2:].split()[0] in text.split()  # a whole word first, never a vowel sign or half a syllable
+    assert tail("x" * 700, 600) == "… " + "x" * 600  # no space at all: the plain cut

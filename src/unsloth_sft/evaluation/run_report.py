@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from unsloth_sft.core.files import atomic_write_text, read_json
@@ -102,11 +103,20 @@ def eval_section(run: RunDir) -> str:
         if rows:
             parts.append("### Examples side by side")
             shown = [
-                (r.get("input", "")[-600:], r.get("reference", ""), r.get("base") or "", r.get("tuned", ""))
+                (tail(r.get("input", "")), r.get("reference", ""), r.get("base") or "", r.get("tuned", ""))
                 for r in rows
             ]
             parts.append(table(shown, ("input (its end)", "reference", "base", "tuned")))
     return "\n\n".join(parts)
+
+
+def tail(text: str, n: int = 600) -> str:
+    """The last ~n characters from a word's start: a cut inside a word (or a Devanagari syllable) reads as noise."""
+    if len(text) <= n:
+        return text
+    cut = text[-n:]
+    space = re.search(r"\s", cut)
+    return "… " + (cut[space.end() :] if space else cut)
 
 
 def export_section(run: RunDir) -> str:
