@@ -64,8 +64,20 @@ def test_eval_loss_equals_the_full_logits_loss(trained, per_row):
             total, count = total + float(out.loss) * n, count + n
     lengths = {len(r["input_ids"]) for r in rows}
     assert len(lengths) > 1, "precondition: rows of different lengths, so a batch pads"
-    got = eval_loss(model, tokenizer, data.train.select(range(6)), batch_size=4, per_row=per_row)
+    from unsloth_sft.core.progress import Progress
+
+    seen = []  # (rows counted, forward calls made) at each progress update: a row counts once it is scored
+    calls = []
+    forward = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    update = Progress.update
+    Progress.update = lambda self, n=1, *shown: seen.append((self.n + n, len(calls))) or update(self, n, *shown)
+    try:
+        got = eval_loss(model, tokenizer, data.train.select(range(6)), batch_size=4, per_row=per_row)
+    finally:
+        Progress.update, model.forward = update, forward
     assert got == pytest.approx(total / count, rel=1e-4)
+    assert seen[-1][0] == 6 and all(n <= (n_calls * 4 if not per_row else n_calls) for n, n_calls in seen)
 
 
 def test_eval_writes_report(trained):

@@ -37,29 +37,32 @@ def eval_loss(
     with torch.no_grad(), Progress(len(dataset), desc, "example", progress and len(dataset) > 1) as bar:
         for start in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            bar.update(len(rows))
             batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
             targets = batch["labels"][:, 1:]
             keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # positions whose next token is trained
             if len(keep) == 0:
+                bar.update(len(rows))
                 continue
             one_row = device.type == "cpu" if per_row is None else per_row
             chunk = 1 if one_row else max(1, LOGITS_BUDGET // (len(keep) * vocab))
             for r in range(0, len(rows), chunk):
-                ids, mask, labels = (batch[k][r : r + chunk] for k in ("input_ids", "attention_mask", "labels"))
-                if chunk == 1:  # one row: no padding, and only its own trained positions
-                    length = int(mask.sum())
-                    ids, mask, labels = ids[:, :length], mask[:, :length], labels[:, :length]
-                    keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
-                    if len(keep) == 0:
-                        continue
-                logits = model(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)
-                ).logits.float()
-                labels = labels[:, 1:][:, keep].to(device)
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-                )
-                total += loss.item()
-                count += int((labels != -100).sum())
+                try:
+                    ids, mask, labels = (batch[k][r : r + chunk] for k in ("input_ids", "attention_mask", "labels"))
+                    if chunk == 1:  # one row: no padding, and only its own trained positions
+                        length = int(mask.sum())
+                        ids, mask, labels = ids[:, :length], mask[:, :length], labels[:, :length]
+                        keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
+                        if len(keep) == 0:
+                            continue
+                    logits = model(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)
+                    ).logits.float()
+                    labels = labels[:, 1:][:, keep].to(device)
+                    loss = torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+                    )
+                    total += loss.item()
+                    count += int((labels != -100).sum())
+                finally:  # counted once scored (or skipped): a single big batch still shows its rows go by
+                    bar.update(min(chunk, len(rows) - r))
     return total / count if count else None
