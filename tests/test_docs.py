@@ -100,3 +100,8 @@ def test_the_configuration_page_names_every_key():
     sections = (ModelConfig, LoraConfig, DataConfig, SourceConfig, TrainConfig, EvalConfig, ExportConfig, RunConfig)
     missing = [f"{c.__name__}.{f.name}" for c in sections for f in dataclasses.fields(c) if f"`{f.name}`" not in page]
     assert missing == []
+
+
+def test_the_readme_is_a_guide_of_at_most_300_lines():
+    """Reference pages live in docs/, studies in docs/experiments/: the README is what a user reads first."""
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
