@@ -34,7 +34,13 @@ def calls(monkeypatch):
     monkeypatch.setattr(plan, "merge_adapter", saver("merge_adapter", "config.json"))
     monkeypatch.setattr(plan, "write_card", lambda folder, text, cfg: done.append(("card", Path(folder).name)))
     monkeypatch.setattr(plan, "verify", lambda run, cfg, methods, *a: done.append(("verify", ",".join(methods))) or {})
-    monkeypatch.setattr(plan, "push_folder", lambda folder, repo, private: done.append(("push", Path(folder).name)))
+    monkeypatch.setattr(
+        plan,
+        "push_folder",
+        lambda folder, repo, private, path_in_repo=None: (
+            done.append(("push", Path(folder).name, repo, path_in_repo)) or f"https://hub/{repo}/commit/{len(done)}"
+        ),
+    )
     monkeypatch.setattr(plan, "check_gguf_tools", lambda cfg: None)
     monkeypatch.setattr("unsloth_sft.models.sources.resolve_model_path", lambda name: f"/base/{name}")
     return done
@@ -62,9 +68,11 @@ def test_training_saves_the_adapter_then_merges_then_checks_then_pushes(tmp_path
         ("card", "adapter"),
         ("card", "merged"),
         ("verify", "lora,merged_16bit"),
-        ("push", "merged"),  # the merged model when there is one, else the adapter
+        ("push", "merged", "me/repo", None),  # both were asked for: the merged model at the top, the adapter beside
+        ("push", "adapter", "me/repo", "adapter"),
     ]
-    assert set(out) == {"lora", "merged_16bit", "hub"}
+    assert set(out) == {"lora", "merged_16bit", "hub", "hub_merged_16bit", "hub_lora"}
+    assert out["hub"] == out["hub_merged_16bit"]
 
 
 def test_training_a_full_fine_tune_saves_merged_and_no_adapter(tmp_path, calls):
@@ -115,3 +123,34 @@ def test_training_refuses_unsloths_4bit_save_off_a_gpu_before_training(tmp_path)
     cfg = small_config(tmp_path, "export.save_methods=[lora, merged_4bit_forced]")
     with pytest.raises(RunError, match=r"unsloth backend on a CUDA GPU.*\(here: transformers backend"):
         plan.check_methods(cfg.export.save_methods, cfg, backend="transformers")
+
+
+@pytest.mark.parametrize(
+    "methods, made, pushed",
+    [
+        # `export RUN --method gguf --push-to-hub`: the GGUF folder, not the adapter or the merge it was made from
+        (["gguf"], {"merged_16bit": "m", "gguf": "g"}, [("gguf", "g", "me/repo", None)]),
+        (["lora"], {"lora": "a"}, [("lora", "a", "me/repo", None)]),
+        (["merged_16bit"], {"merged_16bit": "m"}, [("merged_16bit", "m", "me/repo", None)]),
+        # weights and GGUF both asked for: the GGUF files in a repo of their own, the Hub's convention
+        (["lora", "gguf"], {"lora": "a", "merged_16bit": "m", "gguf": "g"},
+         [("lora", "a", "me/repo", None), ("gguf", "g", "me/repo-GGUF", None)]),
+        # a full fine-tune has no adapter: its trained weights are merged/
+        (["lora"], {"merged_16bit": "m"}, [("merged_16bit", "m", "me/repo", None)]),
+        (["lora", "merged_16bit"], {"lora": "a", "merged_16bit": "m"},
+         [("merged_16bit", "m", "me/repo", None), ("lora", "a", "me/repo", "adapter")]),
+    ],
+)  # fmt: skip
+def test_a_push_uploads_what_was_asked_for_and_nothing_else(methods, made, pushed):
+    from unsloth_sft.export.hub import push_plan
+
+    assert push_plan(methods, made, "me/repo") == pushed
+
+
+def test_a_gguf_export_of_a_saved_run_pushes_the_gguf_folder(tmp_path, calls, monkeypatch):
+    cfg = small_config(tmp_path, "run_name=run")
+    run = saved_run(tmp_path, adapter=True)
+    monkeypatch.setattr(plan, "verify", lambda run, cfg, methods, *a: {"gguf": str(run / "gguf")})
+    out = plan.export(run, cfg, ["gguf"], push_to_hub="me/repo")
+    assert [c for c in calls if c[0] == "push"] == [("push", "gguf", "me/repo", None)]
+    assert out["hub"] == out["hub_gguf"]

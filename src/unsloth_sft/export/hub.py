@@ -15,8 +15,11 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or get_token()
 
 
-def push_folder(folder: Path, repo_id: str, private: bool = True, endpoint: str | None = None) -> str:
-    """Create the repo if needed and upload `folder`; returns the commit URL. The token is never printed."""
+def push_folder(
+    folder: Path, repo_id: str, private: bool = True, endpoint: str | None = None, path_in_repo: str | None = None
+) -> str:
+    """Create the repo if needed and upload `folder` (to `path_in_repo`, else the repo's top); returns the commit URL.
+    The token is never printed."""
     from huggingface_hub import HfApi
 
     if "/" not in repo_id:
@@ -28,9 +31,36 @@ def push_folder(folder: Path, repo_id: str, private: bool = True, endpoint: str 
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload with unsloth-sft"
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            path_in_repo=path_in_repo,
+            commit_message="Upload with unsloth-sft",
         )
     except Exception as err:  # HTTP errors carry the URL, never the token; keep one line
         message = str(err).replace(token, "***").splitlines()[0][:300] if str(err) else type(err).__name__
         raise RunError(f"push to {repo_id} failed: {message}") from None
     return str(getattr(info, "commit_url", info))
+
+
+def push_plan(methods: list[str], made: dict[str, str], repo_id: str) -> list[tuple[str, str, str, str | None]]:
+    """What a push uploads, as (method, folder, repo, path in repo): exactly what `methods` asked for and made.
+
+    The weights go to `repo_id`: merged/ at its top when asked (then adapter/ under `adapter/` when asked too), else
+    adapter/; a full fine-tune, which has no adapter, pushes merged/ for `lora`. GGUF files (with their Modelfile and
+    card) go to `REPO-GGUF` when weights go up too (the Hub's convention: one repo per format), else to `repo_id`.
+    """
+    merged = made.get("merged_16bit") if "merged_16bit" in methods else None
+    adapter = made.get("lora") if "lora" in methods else None
+    if "lora" in methods and adapter is None:  # finetune: full: the trained weights are merged/
+        merged = merged or made.get("merged_16bit")
+    plan: list[tuple[str, str, str, str | None]] = []
+    if merged:
+        plan.append(("merged_16bit", merged, repo_id, None))
+    if adapter:
+        plan.append(("lora", adapter, repo_id, "adapter" if merged else None))
+    if "merged_4bit_forced" in methods and made.get("merged_4bit_forced"):
+        plan.append(("merged_4bit_forced", made["merged_4bit_forced"], repo_id, "merged-4bit" if plan else None))
+    if "gguf" in methods and made.get("gguf"):
+        plan.append(("gguf", made["gguf"], f"{repo_id}-GGUF" if plan else repo_id, None))
+    return plan

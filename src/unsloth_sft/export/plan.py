@@ -22,7 +22,7 @@ from unsloth_sft.evaluation.run_report import write_run_report
 from unsloth_sft.export import check as C
 from unsloth_sft.export.card import gguf_card, model_card, write_card
 from unsloth_sft.export.gguf import check_quants, export_gguf, llama_cpp_dir
-from unsloth_sft.export.hub import push_folder
+from unsloth_sft.export.hub import push_folder, push_plan
 from unsloth_sft.export.weights import (
     FORCED_4BIT_WHY,
     export_unsloth,
@@ -119,8 +119,13 @@ def export(
         write_card(run.merged, model_card(cfg, metrics, eval_metrics, "merged"), cfg)
     out.update(verify(run, cfg, methods, metrics, eval_metrics))
     if push_to_hub:
-        pushed = Path(out.get("merged_16bit") or out.get("lora") or run.adapter)
-        out["hub"] = push_folder(pushed, push_to_hub, private)
+        pushes = push_plan(methods, out, push_to_hub)
+        if not pushes:
+            raise RunError(f"nothing to push to {push_to_hub}: {', '.join(methods)} made no folder in {run}")
+        for method, folder, repo, where in pushes:
+            print(f"export: {Path(folder).name}/ -> the Hub, {repo}{f' ({where}/)' if where else ''}", flush=True)
+            out[f"hub_{method}"] = push_folder(Path(folder), repo, private, path_in_repo=where)  # the commit URL
+        out["hub"] = out[f"hub_{pushes[0][0]}"]  # the first push's commit: what `hub` always named
     return out
 
 
