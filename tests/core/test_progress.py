@@ -4,6 +4,7 @@ line a log gets, and training's step lines in place of the Trainer's own bar, ta
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -140,3 +141,29 @@ def test_step_lines_carry_the_loss_of_their_step(capsys, monkeypatch):
     assert [line.split(",")[0] for line in lines] == [f"train: {n}/4 steps ({25 * n}%)" for n in range(1, 5)]
     assert ", loss" not in lines[0] and ", loss 2.5, " in lines[1] and ", loss 0.00012, " in lines[3]
     assert all(line.endswith(" tok/s") for line in lines)
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_quiet_terminal_keeps_hub_download_bars_on_a_terminal_only(monkeypatch, tty):
+    """A first download of several GB shows huggingface_hub's own bar on a terminal; in a log no tqdm bar runs
+    (its \\r fragments), and datasets' and transformers' loading chatter is off either way."""
+    import io
+
+    from unsloth_sft.core import quiet
+
+    for name in (
+        "TQDM_DISABLE",
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS",
+        "TRANSFORMERS_VERBOSITY",
+    ):
+        monkeypatch.setenv(name, "")  # recorded, so what quiet_terminal sets is undone after the test
+        monkeypatch.delenv(name)
+    monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+    out = io.StringIO()
+    out.isatty = lambda: tty
+    monkeypatch.setattr(quiet.sys, "stdout", out)
+    quiet.quiet_terminal()
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+    assert ("HF_HUB_DISABLE_PROGRESS_BARS" in os.environ) is (not tty)
+    assert ("TQDM_DISABLE" in os.environ) is (not tty)

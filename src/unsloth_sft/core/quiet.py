@@ -14,13 +14,15 @@ NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 
 
 # What the field's libraries print that tells a user nothing, turned off by their own documented switches: transformers'
-# advisory warnings and weight-loading bars, huggingface_hub's and datasets' progress bars (`Loading weights`,
-# `Truncating train dataset`, `Writing model shards`). Our own progress (core.progress) says where a command is.
+# advisory warnings and weight-loading bars, datasets' progress bars (`Loading weights`, `Truncating train dataset`,
+# `Writing model shards`). Our own progress (core.progress) says where a command is.
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
+# In a log, any tqdm bar is a run of \r-joined fragments: huggingface_hub's download bars too. On a terminal they stay,
+# the one sign of life during a first download of several GB.
+LOG_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 VERBOSE_ENV = "UNSLOTH_SFT_VERBOSE"  # set by `unsloth-sft --verbose`: every library's own output, as it prints it
 
 
@@ -32,8 +34,9 @@ def quiet_terminal(verbose: bool = False) -> None:
         return
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    if not sys.stdout.isatty():  # in a log, any library's tqdm bar is a run of \r-joined fragments: ours are lines
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    if not sys.stdout.isatty():  # ours are lines there (core.progress)
+        for name, value in LOG_ENV.items():
+            os.environ.setdefault(name, value)
     silence_known_noise()
 
 
