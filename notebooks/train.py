@@ -29,7 +29,9 @@
 # ### Install (Colab only)
 # In Colab this cell finds this project (a checkout already in the runtime, e.g. `/content/unsloth-sft`, or a
 # clone of `REPO_URL`), installs it with its `gpu` extra (unsloth 2026.10.9 on Colab's own CUDA torch) and makes
-# it importable at once; anywhere else it does nothing (install with the README's command).
+# it importable at once; anywhere else it does nothing (install with the README's command). Torch as Colab ships
+# it: on 2.11 with a GPU the library sets `UNSLOTH_BNB_NF4_LINEAR=0` before unsloth loads (a compile crash seen on
+# 2.11, the fix not yet verified on a GPU); other versions run as they are (README, "Colab and GPUs").
 
 # %%
 import os
