@@ -101,12 +101,10 @@ class RunDir:
             return "finished"
         if self.failed_file.is_file():
             return "failed"
-        from unsloth_sft.runs.lock import lock_path
+        from unsloth_sft.runs.lock import holder, lock_path
 
-        holder = lock_path(self.path)
-        try:
-            info = json.loads(holder.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # no lock file: nobody writes the folder now
+        info = holder(lock_path(self.path))
+        if info is None:  # no lock file: nobody writes the folder now
             return "unfinished"
         pid = info.get("pid")
         alive = isinstance(pid, int) and pid > 0 and info.get("host") == socket.gethostname() and pid_alive(pid)

@@ -13,7 +13,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from unsloth_sft.core.errors import RunError
@@ -27,10 +26,18 @@ def lock_path(run_dir: str | os.PathLike) -> Path:
     return run_dir.with_name(f".{run_dir.name}.lock")
 
 
-def holder_text(path: Path) -> str:
+def holder(path: Path) -> dict | None:
+    """What the lock file records of its holder ({"pid", "host", "command", "since"}), None without one."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def holder_text(path: Path) -> str:
+    info = holder(path)
+    if info is None:
         return "another process"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
     return f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')}, since {since})"
@@ -105,11 +112,6 @@ class RunLock:
         self.release()
 
 
-@contextlib.contextmanager
-def locked(run_dir: str | os.PathLike) -> Iterator[RunLock]:
-    """Hold the run folder's lock for the block (eval --run, export)."""
-    lock = RunLock(run_dir).acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
+def locked(run_dir: str | os.PathLike) -> RunLock:
+    """The run folder's lock, to hold for a `with` block (eval --run, export)."""
+    return RunLock(run_dir)
