@@ -102,6 +102,22 @@ def cpu_device() -> str:
     return f"CPU, {os.cpu_count()} cores, {name}"
 
 
+def machine() -> dict:
+    """The CPU model, its ISA flags and what model.dtype auto picks on it: saved in every benchmark result."""
+    from unsloth_sft.core.hardware import cpu_info, dtype_reason
+    from unsloth_sft.models.backends import dtype_name
+
+    info = cpu_info()
+    auto = dtype_name("auto")
+    return {
+        "model": info["model"],
+        "flags": info["flags"],
+        "cores": info["cores"],
+        "dtype_auto": auto,
+        "dtype_reason": dtype_reason(),
+    }
+
+
 # ---------------------------------------------------------------- requirements
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, cpu_device, fmt, spawn
+from bench.common import RESULTS, ROOT, cpu_device, fmt, machine, spawn
 from bench.cpu_common import by_backend, run_workers, smoke_report
 from bench.cpu_real_report import add_ratios, best_peaks, render_markdown, targets
 from bench.cpu_real_worker import (  # notes the start time (T0): nothing heavy is imported before it
@@ -207,6 +207,7 @@ def drive(args: argparse.Namespace) -> dict:
     results = {
         "command": " ".join([f"python -m {MODULE}", *args.argv]),
         "device": cpu_device(),
+        "cpu": machine(),  # model, ISA flags, what model.dtype auto picks
         "model": args.real_model,
         "settings": {
             "recipe": str(RECIPE.relative_to(ROOT)),

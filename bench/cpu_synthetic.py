@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, cpu_device, spawn
+from bench.common import RESULTS, ROOT, cpu_device, machine, spawn
 from bench.cpu_common import MAX_LENGTH, by_backend, run_workers, smoke_report
 from bench.cpu_synthetic_report import add_ratios, render_markdown, targets
 from bench.cpu_synthetic_worker import (  # notes the start time (T0): nothing heavy is imported before it
@@ -150,6 +150,7 @@ def drive(args: argparse.Namespace) -> dict:
     results: dict = {
         "command": f"python -m {MODULE}" + (" --quick" if args.quick else ""),
         "device": cpu_device(),
+        "cpu": machine(),  # model, ISA flags, what model.dtype auto picks
         "settings": {
             "max_length": MAX_LENGTH,
             "per_device_train_batch_size": BATCH,

@@ -32,6 +32,7 @@
 # it importable at once; anywhere else it does nothing (install with the README's command). Torch as Colab ships
 # it: on 2.11 with a GPU the library sets `UNSLOTH_BNB_NF4_LINEAR=0` before unsloth loads (a compile crash seen on
 # 2.11, the fix not yet verified on a GPU); other versions run as they are (README, "Colab and GPUs").
+# `DRIVE_DIR` mounts your Google Drive and puts the run folders there, so they outlive the runtime (docs/colab.md).
 
 # %%
 import os
@@ -41,7 +42,10 @@ from pathlib import Path
 
 REPO_URL = "https://github.com/<you>/unsloth-sft"  # git URL of your copy of this repository (Colab only)
 CHECKOUT = "/content/unsloth-sft"  # where the project is cloned to, or already is, in the Colab runtime
+DRIVE_DIR = ""  # a folder in your Google Drive for the run folders, e.g. "MyDrive/unsloth-sft/runs"; "" = runtime disk
 
+_DRIVE = "/content/drive"  # where Colab mounts Google Drive
+_DRIVE_RUNS = None  # output_dir on Drive, unless output_dir is given as a parameter (the config cell)
 if "google.colab" in sys.modules:
     _here = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "src" / "unsloth_sft").is_dir()]
     _root = _here[0] if _here else Path(CHECKOUT)
@@ -54,6 +58,13 @@ if "google.colab" in sys.modules:
         raise RuntimeError(f"pip could not install {_root}[gpu]: its output above says why")
     sys.path.insert(0, str(_root / "src"))  # importable now, without restarting the runtime
     os.chdir(_root)  # recipe paths (params/...) resolve as in the README
+    if DRIVE_DIR:
+        from google.colab import drive
+
+        drive.mount(_DRIVE)  # asks for access once per runtime
+        _DRIVE_RUNS = str(Path(_DRIVE) / DRIVE_DIR.strip().removeprefix(_DRIVE).strip("/"))
+        Path(_DRIVE_RUNS).mkdir(parents=True, exist_ok=True)
+        print(f"run folders go to {_DRIVE_RUNS} (Google Drive); its lock is a lock file: docs/colab.md")
 
 # %% [markdown]
 # ### Parameters
@@ -87,6 +98,8 @@ _DEFINED = set(dir())
 
 # %%
 _given = {k: v for k, v in globals().items() if not k.startswith("_")}  # before any import adds names
+if _given.get("output_dir") is None and globals().get("_DRIVE_RUNS"):  # DRIVE_DIR, set in the Colab cell
+    _given["output_dir"] = _DRIVE_RUNS
 
 import yaml
 from IPython.display import Image, Markdown, display

@@ -44,6 +44,13 @@ if [ ! -f "$LLAMA_CPP/convert_hf_to_gguf.py" ]; then
   mkdir -p "$(dirname "$LLAMA_CPP")" && rm -rf "$LLAMA_CPP"
   mv "$tools"/llama_cpp_python-0.3.36/vendor/llama.cpp "$LLAMA_CPP" && rm -rf "$tools"
 fi
+# llama.cpp's runtime, llama-server (the export check in llama.cpp itself, `unsloth-sft serve`, `eval --gguf`), and
+# llama-quantize (q4_k_m etc.), built once from that tree with cmake/ninja/g++ (~10-15 min on 2 cores), under a lock,
+# marked done when finished. Opt in with UNSLOTH_SFT_BUILD_LLAMA=1 or --llama-cpp; else serve / eval --gguf build it
+# on first use, and the export check says how.
+if [ "${UNSLOTH_SFT_BUILD_LLAMA:-0}" = 1 ] || [[ " $* " == *" --llama-cpp "* ]]; then
+  .venv/bin/python -m unsloth_sft.export.runtime
+fi
 # The import check, with the library's own noise filter (bitsandbytes' kernels-community notice says nothing here).
 .venv/bin/python -c "from unsloth_sft.core.quiet import silence_known_noise as s; s(); import trl, peft, gradio
 print('unsloth-sft set up in .venv')"

@@ -260,6 +260,7 @@ def test_no_work_history_words():
 # Writers that may write outside an atomic_* block, and why. Anything else that writes a file must be inside
 # `with atomic_dir/atomic_file/scratch_dir(...)` (core.files), so a kill or a full disk never leaves half a file.
 WRITERS_ALLOWED = {
+    ("unsloth_sft.data.tables", "write_rows"): "writes into the temporary folder data.tables.cached holds atomically",
     ("unsloth_sft.evaluation.report", "plot_metrics"): "draws into the eval folder write_eval holds atomically",
     ("unsloth_sft.export.gguf", "stage"): "fills the scratch folder export_gguf made",
     ("unsloth_sft.models.gguf", "concatenate"): "writes into its caller's temporary or scratch folder",

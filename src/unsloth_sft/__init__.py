@@ -45,6 +45,8 @@ _API = {
     "run_task": "unsloth_sft.evaluation.infer:run_task",
     "run_summary": "unsloth_sft.evaluation.report:run_summary",
     "export_run": "unsloth_sft.export.plan:export_run",
+    "evaluate_gguf": "unsloth_sft.export.quality:evaluate_gguf",  # a run's GGUFs scored through llama.cpp
+    "LlamaServer": "unsloth_sft.export.llama_cpp:LlamaServer",  # llama.cpp's server for one GGUF, always stopped
     # notebooks and studies
     "notebook_config": "unsloth_sft.notebooks:notebook_config",
     "notebook_run": "unsloth_sft.notebooks:notebook_run",

@@ -25,9 +25,10 @@ from unsloth_sft.data.mix import mix_lines
 from unsloth_sft.data.rows import Examples
 from unsloth_sft.evaluation.generate import generate
 from unsloth_sft.evaluation.run_report import write_run_report
+from unsloth_sft.export.hub import prepare_hub
 from unsloth_sft.export.plan import Live, check_methods, export
 from unsloth_sft.models import load, lora
-from unsloth_sft.models.backends import import_backend
+from unsloth_sft.models.backends import dtype_line, import_backend
 from unsloth_sft.models.chat_templates import template_text
 from unsloth_sft.models.gguf import model_source
 from unsloth_sft.models.load import LoadedModel
@@ -81,11 +82,14 @@ def say(n: int, name: str) -> None:
 def begin(cfg: RunConfig, recipe: str | Path | dict | None = None) -> Run:
     """Stage 1, before any model loads: the launch, the run folder (finished? resumable with this config?
     writable?), the data (read and shaped without a tokenizer), the chat template and the trackers are checked;
-    data.task is resolved. Nothing is written but the run's lock (beside the folder): every input error stops here,
-    in seconds, not after a model load, and a second writer of the same folder stops here too.
+    data.task is resolved. Nothing is written but the run's lock (beside the folder), or a checkpoint from the Hub:
+    every input error stops here, in seconds, not after a model load, and a second writer of the folder stops here too.
     """
     cfg = check_launch(cfg)  # before anything is written or joined
     say(1, "check the config, the run folder and the data")
+    cfg, adapter_line = lora.with_adapter(cfg)  # model.adapter: its LoRA settings, before the resume check below
+    if adapter_line and is_main_process():
+        print(adapter_line, flush=True)
     folder = RunDir(cfg.run_dir)
     if is_main_process():
         folder.check(cfg)  # a finished run, a config that cannot resume, a place that takes no folder
@@ -93,6 +97,8 @@ def begin(cfg: RunConfig, recipe: str | Path | dict | None = None) -> Run:
     try:
         run = _checked(cfg, folder, lock)
         run.recipe = recipe if isinstance(recipe, dict) or not recipe else str(recipe)
+        if is_main_process():
+            prepare_hub(run.cfg, folder)  # hub_strategy's token; resume: auto on a fresh runtime, from the Hub
         return run
     except BaseException:
         if lock is not None:
@@ -126,7 +132,7 @@ def load_base(run: Run) -> str:
     with no_progress_bars():  # a bad max_seq_length stays the only line on stderr
         run.loaded = load.load_base(run.cfg)
     lm = run.loaded
-    return f"{lm.backend} backend | {lm.path} | {lm.total_params:,} parameters"
+    return f"{lm.backend} backend | {lm.path} | {lm.total_params:,} parameters | {dtype_line(run.cfg.model.dtype)}"
 
 
 def add_lora(run: Run) -> str:
@@ -172,7 +178,8 @@ def load_data(run: Run) -> str:
         save_config(cfg, folder.config_file, header)
         path = None if isinstance(run.recipe, dict) else run.recipe
         recipe = {"path": path, "sections": isinstance(run.recipe, dict), "changes": recipe_changes(run.recipe, cfg)}
-        write_json(folder.environment_file, {**environment(), "model_source": source, "recipe": recipe})
+        env = {**environment(), "model_source": source, "recipe": recipe, "started_from": run.loaded.started_from}
+        write_json(folder.environment_file, env)  # started_from: the adapter model.adapter continues, or None
     run.resume_from = from_main(resume_from)  # every rank resumes from the same step (or none does)
     run.set_aside = aside
     return f"data: {data_line(run.data, cfg)}"
@@ -206,8 +213,7 @@ def start(cfg: RunConfig, recipe: str | Path | None = None) -> Run:
     """
     run = begin(cfg, recipe)
     try:
-        load_base(run)
-        for step in (add_lora, load_data, parameter_groups):
+        for step in (load_base, add_lora, load_data, parameter_groups):  # load_base's line: the compute dtype, CPU
             line = step(run)
             if is_main_process():
                 print(line, flush=True)
@@ -255,8 +261,8 @@ def data_line(d: PreparedData, cfg: RunConfig) -> str:
     if tasks.get(d.task).shape == "blocks":
         return f"{d.task} task, {len(d.train)} train / {test} test blocks of {cfg.data.block_size} tokens"
     line = (
-        f"{d.task} task, {d.template} template, {len(d.train)} train / {test} test examples, {d.skipped} skipped "
-        f"(empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens"
+        f"{d.task} task, {d.template} template, {d.train_examples or 'streamed'} train / {test} test examples, "
+        f"{d.skipped} skipped (empty answer), {d.truncated} truncated at {cfg.model.max_seq_length} tokens"
     )
     if d.mix:  # data.sources: what each source gave; eval scores the union of their test splits
         line += f"\nmix of {len(d.mix)} sources (test: each source's own, evaluated together):\n"
@@ -302,10 +308,11 @@ def fit(run: Run) -> dict:
         total_params=lm.total_params,
         task=d.task,
         template=d.template,
-        train_examples=len(d.train),
+        train_examples=d.train_examples,  # None: streamed
         skipped_examples=d.skipped,
         truncated_examples=d.truncated,
         resumed_from=str(run.resume_from) if run.resume_from else None,
+        started_from=lm.started_from,
     )
     if d.mix:
         run.metrics["data_mix"] = d.mix  # each source's task, examples and share of training

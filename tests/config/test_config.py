@@ -336,7 +336,7 @@ def test_closed_choices_are_listed_in_the_error(override, choices):
 def test_closed_choice_names_stay_importable():
     assert "gsm8k" in tasks.names() and "text" in tasks.names()
     assert TEMPLATES == ("auto", "chat", "qa", "alpaca", "plain")
-    assert SAVE_METHODS == ("lora", "merged_16bit", "merged_4bit_forced", "gguf")
+    assert SAVE_METHODS == ("lora", "merged_16bit", "merged_4bit_forced", "gguf", "lora_gguf")
     assert BACKENDS == ("auto", "unsloth", "transformers")
     assert "hf_token" in SECRET_KEYS
 

@@ -73,13 +73,13 @@ def test_sharegpt_and_messages_rows_train_the_same(tmp_path, tokenizer):
 
 def test_sharegpt_unknown_from_names_the_row_and_key(tmp_path):
     rows = sharegpt_rows(5)
-    rows[2]["conversations"][3]["from"] = "tool"
+    rows[2]["conversations"][3]["from"] = "narrator"  # ("tool" is a speaker: Hermes' tool results)
     src = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as err:
         load_examples(small_config(tmp_path, f"data.source={src}", "data.test_size=0"))
     message = str(err.value)
     assert "\n" not in message
-    assert f"{src} line 3" in message and "conversations[3].from 'tool'" in message and "human, gpt" in message
+    assert f"{src} line 3" in message and "conversations[3].from 'narrator'" in message and "human, gpt" in message
 
 
 # ---------------------------------------------------------------- data.sources

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from unsloth_sft.app.commands import COMMANDS
+from unsloth_sft.core.allocator import tune_cpu
 from unsloth_sft.core.errors import SFTError, TrainingFailed
 from unsloth_sft.core.files import write_problem
 from unsloth_sft.core.procs import terminate_as_interrupt
@@ -53,6 +54,13 @@ def parser() -> argparse.ArgumentParser:
     s = with_params("eval", "score the base and the tuned model on a run's test split (or --data)", optional=True)
     s.add_argument("--run", help="run folder (default: output_dir/run_name from the params); its config.yaml is used")
     s.add_argument("--data", help="score on this file instead, every row a test example, shaped as the run's task")
+    s.add_argument(
+        "--gguf",
+        action="append",
+        metavar="FILE",
+        help="score GGUF files through llama.cpp instead (a path, a name in RUN/gguf, or `all`), beside merged/ "
+        "through transformers: quality, size and tokens/s per quantization, in RUN/eval-gguf/ (repeatable)",
+    )
     s = sub.add_parser("infer", help="generate for each line of a JSONL file")
     s.add_argument("--run", help="a run folder: its merged model (or base + adapter), task and template")
     s.add_argument("--model", help="model folder or Hub id (the base, with --adapter)")
@@ -68,7 +76,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a finished run: adapter, merged_16bit, Hub push")
     s.add_argument("run_dir", help="the run folder")
     s.add_argument(
-        "--method", action="append", default=[], help="lora, merged_16bit, merged_4bit_forced, gguf (repeatable)"
+        "--method",
+        action="append",
+        default=[],
+        help="lora, merged_16bit, merged_4bit_forced, gguf, lora_gguf (repeatable)",
     )
     s.add_argument(
         "--quant",
@@ -82,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="a playground page on 127.0.0.1: base and tuned answer side by side (Gradio)")
     s.add_argument("run_dir", help="a finished run folder (runs/NAME)")
     s.add_argument("--port", type=int, default=7860, help="local port to serve on (default 7860)")
+    s = sub.add_parser("serve", help="llama.cpp's OpenAI-compatible server on 127.0.0.1 for a run's GGUF")
+    s.add_argument("run_dir", help="a run folder with a GGUF export (runs/NAME)")
+    s.add_argument("--gguf", help="which GGUF (a path or a name in RUN/gguf; default: q8_0, else f16, else another)")
+    s.add_argument("--port", type=int, default=8080, help="local port to serve on (default 8080)")
     _sweep_parsers(sub, with_params)
     return p
 
@@ -126,6 +141,7 @@ def _sweep_parsers(sub, with_params) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_cpu()  # glibc malloc and the thread count, before anything loads torch (core/allocator.py)
     args = parser().parse_args(argv)
     quiet_terminal(args.verbose)  # our progress and errors only, unless --verbose
     try:

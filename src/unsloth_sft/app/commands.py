@@ -82,6 +82,12 @@ def evaluate(args) -> int:
     if args.params is not None:
         load_params(args.params, args.overrides, "eval")  # the slips above, and a bad params file fails first
     run, cfg = run_from_params(args.params, args.overrides, args.run, args.data)
+    if args.gguf:  # the run's GGUFs through llama.cpp (export.quality)
+        from unsloth_sft.export.quality import QUALITY_DIR, evaluate_gguf
+
+        print(evaluate_gguf(cfg, run, args.gguf)["table"])
+        print(f"written to {run / QUALITY_DIR}")
+        return 0
     print(evaluate_run(cfg, run, data_file=args.data)["summary"])
     return 0
 
@@ -130,6 +136,13 @@ def chat(args) -> int:
     return 0
 
 
+def serve(args) -> int:
+    from unsloth_sft.app.serve import serve
+
+    serve(args.run_dir, args.gguf, args.port)
+    return 0
+
+
 def print_leaderboard(board) -> None:
     print(board.markdown)
     print("\n".join(f"{name}: {path}" for name, path in board.files.items()))
@@ -174,6 +187,7 @@ COMMANDS = {
     "infer": infer,
     "export": export,
     "chat": chat,
+    "serve": serve,
     "sweep": sweep,
     "compare": compare,
 }

@@ -44,6 +44,9 @@ class DataConfig:
     block_size: Count = 128  # raw text: tokens per training block
     skip_empty: bool = True  # rows with an empty answer are skipped and counted (False: error)
     cache_tokenized: bool = True  # reuse tokenized rows from ~/.cache/unsloth_sft/tokenized when nothing changed
+    # read the source as training goes (a datasets IterableDataset): nothing prepared or cached first, for sources
+    # bigger than the disk cache; needs train.max_steps; the test split is the source's own or its first rows
+    streaming: bool = False
     language: Names | None = (
         None  # model card languages (ISO 639-1, e.g. [hi, en]); None: the task's (unsloth_sft.tasks)
     )

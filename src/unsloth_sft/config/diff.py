@@ -7,8 +7,9 @@ from typing import Any
 # Keys a rerun may change and still resume: they decide logging, saving and what happens after training,
 # never the weights. Any other difference (model, data, template, LoRA, optimizer, seed...) refuses to resume.
 RESUMABLE_CHANGES = tuple(
-    "run_name output_dir overwrite train.resume train.logging_steps train.save_steps train.save_total_limit "
-    "train.report_to train.dataset_num_proc train.stop_on_nan data.cache_tokenized data.language eval.* export.*".split()
+    "run_name output_dir overwrite train.resume train.hub_strategy train.logging_steps train.save_steps "
+    "train.save_total_limit train.report_to train.dataset_num_proc train.stop_on_nan data.cache_tokenized "
+    "data.language eval.* export.*".split()
 )
 
 

@@ -20,6 +20,9 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs that have it
     trust_remote_code: bool = False  # only for models whose code you have read
     chat_template: str | None = None  # a template name (gemma, llama3, chatml ...) or a .jinja file; None = the model's
+    # a LoRA adapter to continue training (a run's adapter/ folder, a run folder, or a Hub id): loaded trainable on
+    # model.name, which must be its base; its r, alpha, targets ... replace the lora section. None = a fresh LoRA
+    adapter: str | None = None
 
 
 @dataclass(config=STRICT)

@@ -14,7 +14,7 @@ from pydantic.dataclasses import dataclass
 from unsloth_sft import tasks
 from unsloth_sft.config.data import DataConfig, SourceConfig, check_data
 from unsloth_sft.config.model import LoraConfig, ModelConfig, check_lora, layer_indices
-from unsloth_sft.config.train import TrainConfig, check_eval_during_training, check_train
+from unsloth_sft.config.train import TrainConfig, check_eval_during_training, check_hub_strategy, check_train
 from unsloth_sft.config.types import STRICT, Count, Finetune, GgufQuants, Number, SaveMethods
 from unsloth_sft.core.errors import ConfigError
 
@@ -121,10 +121,17 @@ def check_finetune(cfg: RunConfig) -> None:
         check_lora(cfg.lora)
     if cfg.finetune == "qlora" and not cfg.model.load_in_4bit:
         raise ConfigError("finetune: qlora needs model.load_in_4bit: true (or use finetune: lora for 16-bit LoRA)")
+    if cfg.finetune == "full" and cfg.model.adapter:
+        raise ConfigError(
+            f"model.adapter '{cfg.model.adapter}' continues a LoRA adapter, but finetune is full; use finetune: lora "
+            "(or qlora), or merge the adapter first and set model.name to the merged folder"
+        )
     if cfg.finetune == "full" and cfg.model.load_in_4bit:
         raise ConfigError("finetune: full cannot train 4-bit weights; set model.load_in_4bit: false")
     if cfg.finetune == "full" and "lora" in cfg.export.save_methods:
         raise ConfigError("export.save_methods has 'lora' but finetune is full; use merged_16bit")
+    if cfg.finetune == "full" and "lora_gguf" in cfg.export.save_methods:
+        raise ConfigError("export.save_methods has 'lora_gguf' but finetune is full (no adapter); use gguf")
 
 
 def check_packing(cfg: RunConfig) -> None:
@@ -185,5 +192,6 @@ def validate(cfg: RunConfig, where: str = "params") -> None:
         check_freeze(cfg)
         check_options(cfg)
         check_export(cfg.export)
+        check_hub_strategy(cfg.train, cfg.export.push_to_hub)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None

@@ -42,11 +42,18 @@ class TrainConfig:
     logging_steps: Count = 1  # log the loss every N optimizer steps
     save_steps: Count | None = None  # checkpoint every N steps; None: no intermediate checkpoints
     save_total_limit: Count = 2  # keep the newest N checkpoints
-    resume: str = "auto"  # "auto": newest complete checkpoint in the run folder; "never"; or a checkpoint path
+    # "auto": the newest complete checkpoint in the run folder, else the last-checkpoint/ that train.hub_strategy
+    # pushed to export.push_to_hub (a fresh runtime); "never"; or a checkpoint path
+    resume: str = "auto"
+    # push to export.push_to_hub while training (the Trainer's hub_strategy): every_save (the weights at each save),
+    # checkpoint (also the whole checkpoint as last-checkpoint/: what resume: auto takes on a new runtime),
+    # all_checkpoints (each checkpoint-N/), end (only the final export's push); None = no push while training
+    hub_strategy: Literal["end", "every_save", "checkpoint", "all_checkpoints"] | None = None
     packing: bool = False  # pack rows into max_seq_length; pays off with flash-attention (GPU), slower on CPU
     padding_free: bool = False  # no pad tokens at all; needs flash-attention-style kernels on GPU
     group_by_length: bool = True  # batch similar lengths together: padding 14.5% -> 1.4%, +45% tok/s (bench/)
-    bf16: bool | None = None  # None: on when the GPU supports it; always off on CPU
+    bf16: bool | None = None  # None: on when the GPU supports it; on a CPU, when model.dtype runs in bfloat16
+    compile: bool | Literal["auto"] = "auto"  # CPU: torch.compile per decoder layer; auto: on for a bf16 model >= 50M
     report_to: Names = field(default_factory=lambda: ["none"])  # tensorboard, wandb, mlflow ...
     dataset_num_proc: Count | None = None  # processes for tokenization; None = in-process
     ddp_find_unused_parameters: bool = False  # LoRA leaves no unused parameters: False is faster
@@ -77,6 +84,28 @@ def check_train(t: TrainConfig) -> None:
         raise ConfigError(
             "train.max_steps and train.num_train_epochs are both unset; set one (e.g. train.max_steps=60)"
         )
+
+
+def check_hub_strategy(t: TrainConfig, push_to_hub: str | None) -> None:
+    """train.hub_strategy pushes to export.push_to_hub, at each save."""
+    if t.hub_strategy is None:
+        return
+    if push_to_hub is None:
+        raise ConfigError(
+            f"train.hub_strategy {t.hub_strategy} pushes to export.push_to_hub, which is unset; "
+            "set export.push_to_hub: user/repo, or remove train.hub_strategy"
+        )
+    if t.hub_strategy != "end" and save_strategy(t) == "no":
+        raise ConfigError(
+            f"train.hub_strategy {t.hub_strategy} pushes at each save, but nothing is saved during training; "
+            "set train.save_steps (e.g. 50)"
+        )
+
+
+def save_strategy(t: TrainConfig) -> str:
+    """The Trainer's save_strategy: at each evaluation when the best checkpoint is loaded at the end, else every
+    train.save_steps, else no."""
+    return eval_strategy(t) if load_best(t) else ("steps" if t.save_steps else "no")
 
 
 def eval_strategy(t: TrainConfig) -> str:

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from unsloth_sft import tasks
 
 Template = Literal["auto", "chat", "qa", "alpaca", "plain"]
-SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf"]
+SaveMethod = Literal["lora", "merged_16bit", "merged_4bit_forced", "gguf", "lora_gguf"]
 # GGUF types: the first four straight from llama.cpp's converter; the k-quants and legacy ones need llama-quantize.
 GgufQuant = Literal[
     "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"

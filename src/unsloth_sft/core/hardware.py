@@ -34,6 +34,19 @@ def has_bf16_units(flags: list[str] | None = None) -> bool:
     return any(f in flags for f in BF16_FLAGS)
 
 
+def cpu_compute_dtype(flags: list[str] | None = None) -> str:
+    """The dtype a CPU trains fastest in: "bfloat16" with AMX-BF16 or AVX512-BF16 (a bf16 matmul peaks at 5-7x fp32
+    there), else "float32" (AVX2 or plain AVX-512 emulate bf16, slower than fp32); `flags` fakes the CPU in tests."""
+    return "bfloat16" if has_bf16_units(flags) else "float32"
+
+
+def dtype_reason(flags: list[str] | None = None) -> str:
+    """Why `cpu_compute_dtype` chose what it did: the bf16 units found, or that there are none."""
+    flags = cpu_info()["all_flags"] if flags is None else flags
+    found = [f for f in BF16_FLAGS if f in flags]
+    return f"CPU has {' '.join(found)}" if found else "no AMX-BF16 or AVX512-BF16 on this CPU: bf16 would be emulated"
+
+
 def describe() -> str:
     """One line for figures and reports: "AMD EPYC, 2 cores, avx2 avx512_bf16"."""
     info = cpu_info()

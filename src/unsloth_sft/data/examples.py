@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,23 +24,32 @@ class PreparedData:
     template: str
     train: Any  # datasets.Dataset with input_ids, labels
     test: Any | None
-    train_conversations: list[list[dict]] = field(default_factory=list)
-    test_conversations: list[list[dict]] = field(default_factory=list)
+    train_conversations: Sequence[list[dict]] = field(default_factory=list)  # views of Arrow tables (data/rows.py)
+    test_conversations: Sequence[list[dict]] = field(default_factory=list)
     skipped: int = 0  # rows with an empty answer, skipped and counted
     truncated: int = 0  # training examples longer than max_seq_length (cut at the end)
     mix: list[dict] = field(default_factory=list)  # data.sources: each source's task, examples and share
+
+    @property
+    def train_examples(self) -> int | None:
+        """How many training examples (or blocks); None for a stream (data.streaming), which has no length."""
+        return len(self.train) if isinstance(self.train, Sized) else None
 
 
 def load_examples(cfg: RunConfig) -> Examples:
     """The run's data read, split, detected and shaped into conversations (no tokenizer needed): one source, or
     several mixed (data.sources). Every data error shows up here, in seconds, before a model loads."""
+    if cfg.data.streaming:
+        from unsloth_sft.data.stream import stream_examples
+
+        return stream_examples(cfg)
     return load_mix(cfg) if cfg.data.sources is not None else source_examples(cfg)
 
 
 def has_test(ex: Examples, cfg: RunConfig) -> bool:
     """Whether there is something to test on: test conversations, or raw text's own test split or carve."""
     if tasks.get(ex.task).shape == "blocks":  # blocks are carved after tokenizing
-        return bool(ex.test and ex.test.rows) or cfg.data.test_size > 0
+        return bool(ex.test and len(ex.test.rows)) or cfg.data.test_size > 0
     return bool(ex.test_conversations)
 
 
@@ -57,7 +67,7 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
         )
         ds = datasets.Dataset.from_dict(blocks)
         test_ds = None
-        if ex.test is not None and ex.test.rows:
+        if ex.test is not None and len(ex.test.rows):
             texts = [cell_text(r, col, w) for r, w in zip(ex.test.rows, ex.test.where)]
             test_ds = datasets.Dataset.from_dict(text_blocks(tokenizer, texts, d.block_size))
         elif d.test_size > 0 and len(ds) > 1:
@@ -67,12 +77,19 @@ def prepare(cfg: RunConfig, tokenizer, examples: Examples | None = None) -> Prep
             ds, test_ds = parts["train"], parts["test"]
         return PreparedData(ex.task, tasks.get(ex.task).template, ds, test_ds)
     template = choose_template(ex.task, d, tokenizer)
-    train_ds, truncated = tokenize_cached(tokenizer, ex.train_conversations, template, d, max_len, ex.train_where)
-    if not any(any(x != -100 for x in labels) for labels in train_ds["labels"]):
-        raise DataError(
-            f"model.max_seq_length {max_len} is shorter than every example's prompt, so no answer token is left to "
-            "train on; raise model.max_seq_length (`unsloth-sft preview` shows the token counts)"
+    if ex.stream is not None:  # data.streaming: tokenized as the trainer reads it
+        from unsloth_sft.data.stream import tokenized_stream
+
+        train_ds, truncated = tokenized_stream(ex, cfg, tokenizer, template), 0
+    else:
+        train_ds, truncated, trainable = tokenize_cached(
+            tokenizer, ex.train_conversations, template, d, max_len, ex.train_where
         )
+        if not trainable:
+            raise DataError(
+                f"model.max_seq_length {max_len} is shorter than every example's prompt, so no answer token is left "
+                "to train on; raise model.max_seq_length (`unsloth-sft preview` shows the token counts)"
+            )
     test_ds = None
     if ex.test_conversations:
         test_ds = tokenize_cached(tokenizer, ex.test_conversations, template, d, max_len, ex.test_where)[0]
@@ -120,7 +137,7 @@ def pick_examples(examples: Examples, n: int | None) -> Picked:
     """The one answer to "which examples do we sample": the first n of the test split, else of the training split
     (a run without one). The before/after preview, the export check, infer's default prompt and the playground's
     examples all take these."""
-    test = examples.test is not None and bool(examples.test.rows)
+    test = examples.test is not None and bool(len(examples.test.rows))
     if examples.text_column is None:
         test = bool(examples.test_conversations)
     split = examples.test if test else examples.train

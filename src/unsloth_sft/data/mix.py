@@ -16,8 +16,9 @@ from unsloth_sft import tasks
 from unsloth_sft.config.data import SourceConfig
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import DataError
-from unsloth_sft.data.rows import Examples, source_examples
+from unsloth_sft.data.rows import Examples, conversation_features, conversation_view, source_examples, where_view
 from unsloth_sft.data.sources import Split
+from unsloth_sft.data.tables import BATCH, cached, digest, table, write_rows
 
 MIX_TASK = "chat"  # what a mix trains as: conversations from every source, one template
 
@@ -59,8 +60,42 @@ def pick(n: int, size: int, rng: random.Random) -> list[int]:
     return list(range(size)) * (n // size) + rng.sample(range(size), n % size)
 
 
+def _prefixed(batch: dict, i: int) -> dict:
+    return {"_where": [f"data.sources[{i}] {w}" for w in batch["_where"]]}
+
+
+def _tables(parts: list[Examples], key: str):
+    """Each source's shaped training and test tables with `data.sources[i]` before every where-string (cached)."""
+
+    def build(tmp) -> dict:
+        for i, ex in enumerate(parts):
+            for name, convs in (("train", ex.train_conversations), ("test", ex.test_conversations)):
+                arrow = tmp / f"{name}-{i}.arrow"
+                if not len(convs):  # datasets' map writes no file for no rows
+                    write_rows(arrow, iter(()), conversation_features())
+                    continue
+                convs.ds.map(
+                    _prefixed,
+                    fn_kwargs={"i": i},
+                    batched=True,
+                    batch_size=BATCH,
+                    writer_batch_size=BATCH,
+                    features=conversation_features(),
+                    cache_file_name=str(arrow),
+                    load_from_cache_file=False,
+                    new_fingerprint=digest(key, name, i),
+                )
+        return {"sources": len(parts)}
+
+    folder, _ = cached("conversations", key, build)
+    return [[table(folder / f"{name}-{i}.arrow") for i in range(len(parts))] for name in ("train", "test")]
+
+
 def load_mix(cfg: RunConfig):
-    """Each source's examples (own task, own test split), the training ones mixed; the report of who gave what."""
+    """Each source's examples (own task, own test split), the training ones mixed; the report of who gave what.
+
+    The mix is an index map over the sources' shaped Arrow tables (no copy of the conversations)."""
+    import datasets
 
     d = cfg.data
     parts, resolved = [], []
@@ -77,22 +112,23 @@ def load_mix(cfg: RunConfig):
         parts.append(ex)
         resolved.append(dataclasses.replace(s, task=ex.task))
     rng = random.Random(cfg.train.seed)
-    chosen = [
-        pick(n, len(ex.train_conversations), rng)
-        for n, ex in zip(counts([len(ex.train_conversations) for ex in parts], d.sources), parts)
-    ]
-    train = [
-        (ex.train_conversations[j], i, f"data.sources[{i}] {ex.train_where[j]}")
-        for i, (ex, ids) in enumerate(zip(parts, chosen))
-        for j in ids
-    ]
-    rng.shuffle(train)
+    sizes = [len(ex.train_conversations) for ex in parts]
+    chosen = [pick(n, size, rng) for n, size in zip(counts(sizes, d.sources), sizes)]
+    order = [(i, j) for i, ids in enumerate(chosen) for j in ids]
+    rng.shuffle(order)
     if d.max_samples is not None:
-        train = train[: d.max_samples]
-    total = len(train)
+        order = order[: d.max_samples]
+    total = len(order)
+    keys = [getattr(ex.train_conversations, "key", "") for ex in parts]
+    keys += [getattr(ex.test_conversations, "key", "") for ex in parts]
+    trains, tests = _tables(parts, digest("mix", keys))
+    offsets = [sum(sizes[:i]) for i in range(len(parts))]
+    train_ds = datasets.concatenate_datasets(trains).select([offsets[i] + j for i, j in order])
+    test_ds = datasets.concatenate_datasets(tests)
+    key = digest("mix", keys, [(i, j) for i, j in order])
     report = []
     for i, (s, ex) in enumerate(zip(resolved, parts)):
-        n = sum(1 for _, k, _ in train if k == i)
+        n = sum(1 for k, _ in order if k == i)
         report.append(
             {
                 "source": s.source,
@@ -103,20 +139,18 @@ def load_mix(cfg: RunConfig):
                 "test_examples": len(ex.test_conversations),
             }
         )
-    test = [c for ex in parts for c in ex.test_conversations]
-    test_where = [f"data.sources[{i}] {w}" for i, ex in enumerate(parts) for w in ex.test_where]
-    where = [w for _, _, w in train]
+    train_convs, test_convs = conversation_view(train_ds, key), conversation_view(test_ds, digest(key, "test"))
     return Examples(
         MIX_TASK,
-        Split([{"messages": c} for c, _, _ in train], where),
-        Split([{"messages": c} for c in test], test_where),
-        [c for c, _, _ in train],
-        test,
+        Split.arrow(train_ds, None, key),
+        Split.arrow(test_ds, None, digest(key, "test")),
+        train_convs,
+        test_convs,
         sum(ex.skipped for ex in parts),
         mix=report,
         sources=resolved,
-        train_where=where,
-        test_where=test_where,
+        train_where=where_view(train_ds),
+        test_where=where_view(test_ds),
     )
 
 

@@ -32,9 +32,12 @@ def preview(cfg: RunConfig, n: int = 3, tokenizer=None) -> str:
     if tokenizer is None:
         from transformers import AutoTokenizer
 
+        from unsloth_sft.models.chat_templates import set_chat_template
         from unsloth_sft.models.sources import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+        backend = "unsloth" if cfg.model.backend == "unsloth" else "transformers"  # unsloth's names need it imported
+        set_chat_template(tokenizer, cfg.model.chat_template, backend)  # as training renders (models.load)
     data = prepare(cfg, tokenizer)
     parts = [
         f"task: {data.task} | template: {data.template} | {len(data.train)} train examples, "
@@ -47,6 +50,9 @@ def preview(cfg: RunConfig, n: int = 3, tokenizer=None) -> str:
         f"trained tokens: {sum(trained)} of {sum(lengths)} ({100 * sum(trained) / max(sum(lengths), 1):.1f} %); "
         f"{data.truncated} of {len(lengths) + 0} examples cut at max_seq_length {cfg.model.max_seq_length}"
     )
+    calls = tool_line(data.train_conversations)
+    if calls:
+        parts.append(calls)
     if adds_bos(tokenizer):  # the BOS rule (models.tokens): then every example should open with it, once
         parts.append(bos_line(tokenizer.bos_token, tokenizer.bos_token_id, data.train["input_ids"]))
     for i in range(min(n, len(data.train))):
@@ -57,6 +63,20 @@ def preview(cfg: RunConfig, n: int = 3, tokenizer=None) -> str:
             + mark_trained(tokenizer, row["input_ids"], row["labels"])
         )
     return "\n".join(parts)
+
+
+def tool_line(conversations: list[list[dict]]) -> str | None:
+    """How many examples offer tools or call them, and what of them is trained; None when none do."""
+    from unsloth_sft.data.tools import uses_tools
+
+    n = sum(uses_tools(c) for c in conversations)
+    calls = sum(1 for c in conversations for m in c if m.get("tool_calls"))
+    if not n:
+        return None
+    return (
+        f"tool calls: {n} of {len(conversations)} examples use tools ({calls} assistant turns call them); trained: "
+        "the assistant's calls and replies ([[ ]]), never the tool results or the tool list"
+    )
 
 
 def bos_line(bos: str, bos_id: int, rows: list[list[int]]) -> str:

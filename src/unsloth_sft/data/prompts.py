@@ -2,7 +2,9 @@
 
 Training, evaluation, inference and the export check all call `render` / `render_prompt` (raw text: `text_prompt`),
 so the model sees at inference exactly the prompt it was trained on, BOS included by one rule (`models.tokens`).
-A conversation is a list of {"role", "content"} messages (system?, user, assistant, ...).
+A conversation is a list of {"role", "content"} messages (system?, user, assistant, ...); one with tools also has
+assistant `tool_calls`, `tool` results and the row's tools on its first message (data.tools), rendered through the
+chat template's own `tools=`: the loss covers the assistant's calls and replies, never the tool results.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from unsloth_sft import tasks
 from unsloth_sft.config.data import DataConfig
 from unsloth_sft.core.errors import DataError
+from unsloth_sft.data import tools as T
 from unsloth_sft.models.tokens import bos_text
 
 ALPACA = (
@@ -45,12 +48,28 @@ def _merge_system(messages: list[dict]) -> list[dict]:
 
 
 def _chat(tokenizer, messages: list[dict], generation: bool) -> str:
+    if T.uses_tools(messages):  # the stored JSON text back to objects, and the row's tools as tools=
+        messages, tools = T.template_inputs(messages)
+        T.check_source(tokenizer, messages, tools)
+        try:
+            text = _apply(tokenizer, messages, generation, tools)
+        except DataError as err:
+            raise T.cannot_render(tokenizer, f"it raised: {str(err).removeprefix(REFUSED)}") from None
+        T.check_rendered(tokenizer, messages, tools, text)
+        return text
+    return _apply(tokenizer, messages, generation)
+
+
+REFUSED = "the chat template refused this conversation: "
+
+
+def _apply(tokenizer, messages: list[dict], generation: bool, tools: list[dict] | None = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation)
     except Exception as err:  # jinja's TemplateError from raise_exception: "System role not supported"
         if messages and messages[0]["role"] == "system" and "system" in str(err).lower():
-            return _chat(tokenizer, _merge_system(messages), generation)
-        raise DataError(f"the chat template refused this conversation: {err}") from None
+            return _apply(tokenizer, _merge_system(messages), generation, tools)
+        raise DataError(f"{REFUSED}{err}") from None
 
 
 def render_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -> Rendered:
@@ -73,6 +92,10 @@ def render_chat(tokenizer, messages: list[dict], last_turn_only: bool = False) -
     if not spans:
         raise DataError("a conversation has no assistant message to learn from")
     full = _chat(tokenizer, messages, generation=False)
+    if not full.startswith(text):  # a later turn (a tool result) rewrote an earlier one: the spans would be wrong
+        raise DataError(
+            "the chat template renders a turn differently once later messages follow it; use data.template: plain"
+        )
     if last_turn_only:
         spans = spans[-1:]
     return Rendered(full, spans)
@@ -84,6 +107,8 @@ def render_chat_prompt(tokenizer, messages: list[dict]) -> str:
 
 
 def _single_turn(messages: list[dict], template: str) -> tuple[str, str | None]:
+    if T.uses_tools(messages):
+        raise DataError(f"tool calls render through the model's chat template, not data.template {template}; use chat")
     turns = _merge_system(messages)
     if len(turns) > 2 or turns[0]["role"] != "user" or (len(turns) == 2 and turns[1]["role"] != "assistant"):
         raise DataError(f"data.template {template} takes one user message and one answer; use data.template: chat")

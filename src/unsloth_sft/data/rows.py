@@ -3,6 +3,9 @@ examples read, split, detected and shaped (no tokenizer needed)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,13 +13,24 @@ from unsloth_sft import tasks
 from unsloth_sft.config.data import DataConfig
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import DataError
+from unsloth_sft.core.progress import Progress
 from unsloth_sft.data.columns import check_columns, detect_task, resolve_columns
 from unsloth_sft.data.sources import Split, train_test
+from unsloth_sft.data.tables import BATCH, View, batch_rows, cached, digest, table
+from unsloth_sft.data.tools import attach_tools, check_calls, is_tool_message, tool_message
 
 ROLES = ("system", "user", "assistant")
+PROGRESS_ROWS = 10_000  # from this many rows shaping them says how far it is
 
 
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",  # Hermes' function-calling exports: the tool's output
+}
 
 
 def from_sharegpt(value: list, col: str, where: str) -> list:
@@ -33,7 +47,8 @@ def from_sharegpt(value: list, col: str, where: str) -> list:
                     f"{where}: {col}[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}; "
                     "fix or drop the turn"
                 )
-            m = {"role": SHAREGPT_ROLES[m["from"]], **({"content": m["value"]} if "value" in m else {})}
+            rest = {k: v for k, v in m.items() if k not in ("from", "value")}  # tool_calls, name, tool_call_id
+            m = {**rest, "role": SHAREGPT_ROLES[m["from"]], **({"content": m["value"]} if "value" in m else {})}
         out.append(m)
     return out
 
@@ -48,6 +63,9 @@ def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]
         value = from_sharegpt(value, col, where)
     out = []
     for i, m in enumerate(value):
+        if is_tool_message(m):  # assistant tool_calls, tool results (data/tools.py)
+            out.append(tool_message(m, where, f"{col}[{i}]"))
+            continue
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataError(f"{where}: {col}[{i}] must be an object with 'role' and 'content' (or 'from' and 'value')")
         if m["role"] not in ROLES:
@@ -56,6 +74,7 @@ def _check_messages(value: Any, where: str, col: str = "messages") -> list[dict]
             raise DataError(f"{where}: {col}[{i}].content must be text, got {type(m['content']).__name__}")
         out.append({"role": m["role"], "content": m["content"]})
     check_turn_order(out, where, col)
+    check_calls(out, where, col)
     return out
 
 
@@ -104,7 +123,11 @@ def to_messages(
         raise DataError(f"{where}: missing field '{missing[0]}'; fields here: {', '.join(map(str, row))}")
     if record.shape == "messages":
         messages = _check_messages(row[cols[record.fields[0]]], where, cols[record.fields[0]])
-        if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        if "tools" in cols:  # the row's tool schemas (chat's optional field)
+            messages = attach_tools(messages, row.get(cols["tools"]), where, cols["tools"])
+        if require_answer and not any(
+            m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages
+        ):
             return None
     else:
         answer = cell_text(row, cols[record.answer], where) if record.answer in cols else ""
@@ -119,27 +142,82 @@ def to_messages(
     return messages
 
 
-def conversations(
-    split: Split, task: str, cfg: DataConfig, wheres: list[str] | None = None
-) -> tuple[list[list[dict]], int]:
-    """All rows of a split as conversations, and how many were skipped for an empty answer; `wheres`, when given,
-    gets each kept conversation's file and line (for errors the tokenizer's template raises later)."""
-    if not split.rows:
-        return [], 0
-    columns = list(split.rows[0]) if isinstance(split.rows[0], dict) else []
-    cols = resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
-    out, skipped = [], 0
-    for row, where in zip(split.rows, split.where):
+def conversation_features():
+    """The Arrow schema of shaped conversations: each as JSON text (any message shape, tool calls included, keeps its
+    keys and types exactly) and where its row came from."""
+    import datasets
+
+    return datasets.Features({"_messages": datasets.Value("string"), "_where": datasets.Value("string")})
+
+
+def conversation_view(ds, key: str = "") -> View:
+    """The conversations of a shaped table (columns _messages, _where) as a sequence read a batch at a time."""
+    view = View(ds, lambda b: [json.loads(text) for text in b["_messages"]])
+    view.key = key
+    return view
+
+
+def where_view(ds) -> View:
+    return View(ds, lambda b: b["_where"])
+
+
+def _shape(batch: dict, task: str, cols: dict, cfg: DataConfig, name, state: dict) -> dict:
+    """One batch of rows -> its conversations (rows with an empty answer skipped and counted)."""
+    wheres = batch["_where"] if name is None else [name(n) for n in batch["_n"]]
+    out: dict[str, list] = {"_messages": [], "_where": []}
+    for row, where in zip(batch_rows(batch), wheres):
         messages = to_messages(row, task, cols, cfg, where)
         if messages is None:
             if not cfg.skip_empty:
                 raise DataError(f"{where}: the answer is empty; fill it in or set data.skip_empty: true")
-            skipped += 1
+            state["skipped"] += 1
         else:
-            out.append(messages)
-            if wheres is not None:
-                wheres.append(where)
-    return out, skipped
+            out["_messages"].append(json.dumps(messages, ensure_ascii=False))
+            out["_where"].append(where)
+    state["bar"].update(len(wheres))
+    return out
+
+
+def conversations(
+    split: Split, task: str, cfg: DataConfig, wheres: list[str] | None = None
+) -> tuple[Sequence[list[dict]], int]:
+    """All rows of a split as conversations, and how many were skipped for an empty answer; `wheres`, when given,
+    gets each kept conversation's file and line (for errors the tokenizer's template raises later).
+
+    The rows are shaped by datasets' `map` a batch at a time into an Arrow table in the data cache, keyed on the
+    rows and the settings: the conversations come back as a view of it (`.ds` with _messages and _where).
+    """
+    if not len(split.rows):
+        return [], 0
+    first = split.rows[0]
+    columns = list(first) if isinstance(first, dict) else []
+    cols = resolve_columns(columns, cfg, task, split.where[0].rsplit(" ", 2)[0])
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("sources", "cache_tokenized")}
+    key = digest("conversations", split.key, split.where[0], task, cols, settings)
+
+    def build(tmp) -> dict:
+        state = {"skipped": 0}
+        with Progress(len(split.rows), "shape", unit="row", enabled=len(split.rows) >= PROGRESS_ROWS) as bar:
+            state["bar"] = bar
+            shaped = split.ds.map(
+                _shape,
+                fn_kwargs={"task": task, "cols": cols, "cfg": cfg, "name": split.name, "state": state},
+                batched=True,
+                batch_size=BATCH,
+                writer_batch_size=BATCH,
+                remove_columns=split.ds.column_names,
+                features=conversation_features(),
+                cache_file_name=str(tmp / "0.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint=key,
+            )
+        return {"skipped": state["skipped"], "examples": len(shaped)}
+
+    folder, meta = cached("conversations", key, build)
+    ds = table(folder / "0.arrow")
+    if wheres is not None:
+        wheres.extend(where_view(ds))
+    return conversation_view(ds, key), meta["skipped"]
 
 
 @dataclass
@@ -149,14 +227,15 @@ class Examples:
     task: str
     train: Split
     test: Split | None
-    train_conversations: list[list[dict]] = field(default_factory=list)
-    test_conversations: list[list[dict]] = field(default_factory=list)
+    train_conversations: Sequence[list[dict]] = field(default_factory=list)  # a view of an Arrow table
+    test_conversations: Sequence[list[dict]] = field(default_factory=list)
     skipped: int = 0
     text_column: str | None = None  # raw text only
     mix: list[dict] = field(default_factory=list)  # data.sources: per source its task, examples, share (mix.py)
     sources: list | None = None  # data.sources with each task resolved (saved in config.yaml)
-    train_where: list[str] = field(default_factory=list)  # file and line of each training conversation
-    test_where: list[str] = field(default_factory=list)
+    train_where: Sequence[str] = field(default_factory=list)  # file and line of each training conversation
+    test_where: Sequence[str] = field(default_factory=list)
+    stream: dict | None = None  # data.streaming: the training rows as a datasets IterableDataset (data/stream.py)
 
 
 def source_examples(cfg: RunConfig) -> Examples:
@@ -174,15 +253,27 @@ def source_examples(cfg: RunConfig) -> Examples:
         for row, where in zip(train.rows, train.where):
             cell_text(row, col, where)
         return Examples(task, train, test, text_column=col)
-    train_where: list[str] = []
-    test_where: list[str] = []
-    train_convs, skipped = conversations(train, task, d, train_where)
+    train_convs, skipped = conversations(train, task, d)
     if not train_convs:
         raise DataError(
             f"{d.source}: every training row was skipped ({skipped} with an empty answer); check data.columns"
         )
-    test_convs: list[list[dict]] = []
-    if test is not None and test.rows:
-        test_convs, test_skipped = conversations(test, task, d, test_where)
+    test_convs: Sequence[list[dict]] = []
+    if test is not None and len(test.rows):
+        test_convs, test_skipped = conversations(test, task, d)
         skipped += test_skipped
-    return Examples(task, train, test, train_convs, test_convs, skipped, train_where=train_where, test_where=test_where)
+    return Examples(
+        task,
+        train,
+        test,
+        train_convs,
+        test_convs,
+        skipped,
+        train_where=wheres(train_convs),
+        test_where=wheres(test_convs),
+    )
+
+
+def wheres(convs: Sequence) -> Sequence[str]:
+    """Where each conversation of a view came from (a view too); none for a list."""
+    return where_view(convs.ds) if isinstance(convs, View) else []

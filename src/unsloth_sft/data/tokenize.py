@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from unsloth_sft.config.data import DataConfig
 from unsloth_sft.core.errors import DataError
@@ -75,45 +76,92 @@ def _tokenize_chunk(tokenizer, convs, template, cfg, max_len, wheres, first, inp
     return truncated
 
 
-def tokenize_cached(
-    tokenizer, convs: list[list[dict]], template: str, cfg: DataConfig, max_len: int, wheres: list[str] | None = None
-):
-    """tokenize(), as a datasets.Dataset, reused from the cache when tokenizer, template, settings and data match.
+def _tokenize_batch(batch: dict, tokenizer, template: str, cfg: DataConfig, max_len: int, state: dict) -> dict:
+    """One batch of shaped conversations (JSON text) -> input_ids and labels; counts what was cut and what trains."""
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    convs = [json.loads(text) for text in batch["_messages"]]
+    state["truncated"] += _tokenize_chunk(
+        tokenizer, convs, template, cfg, max_len, batch["_where"], 0, input_ids, labels
+    )
+    state["trainable"] += sum(any(x != -100 for x in lab) for lab in labels)
+    state["bar"].update(len(convs))
+    return {"input_ids": input_ids, "labels": labels}
 
-    Keyed on what decides the tokens: the tokenizer's vocabulary and merges, the chat template, the
-    masking settings, max_len and the conversations themselves (20k examples: ~21 s -> ~0.4 s, bench/).
+
+def token_features():
+    import datasets
+
+    ids = datasets.List(datasets.Value("int32"))  # half of int64's disk and page cache; the collator makes tensors
+    return datasets.Features({"input_ids": ids, "labels": ids})
+
+
+def _shaped(convs, wheres) -> tuple[object, str]:
+    """A table of conversations (_messages, _where) and its content key: the view's own, or one built from a list."""
+    import datasets
+
+    from unsloth_sft.data.tables import digest
+
+    if getattr(convs, "ds", None) is not None and "_messages" in convs.ds.column_names:
+        return convs.ds, getattr(convs, "key", "") or convs.ds._fingerprint
+    texts = [json.dumps(c, ensure_ascii=False) for c in convs]
+    where = [wheres[i] if wheres and i < len(wheres) else f"conversation {i + 1}" for i in range(len(texts))]
+    return datasets.Dataset.from_dict({"_messages": texts, "_where": where}), digest(texts, where)
+
+
+def tokenize_cached(
+    tokenizer, convs, template: str, cfg: DataConfig, max_len: int, wheres=None
+) -> tuple[object, int, int]:
+    """Conversations tokenized by datasets' `map` a batch at a time into an Arrow table (prompt tokens -100):
+    (the table, how many were cut at max_len, how many have a token to train on).
+
+    Cached on disk (~/.cache/unsloth_sft/tokenized) keyed on what decides the tokens: the tokenizer's vocabulary
+    and merges, the chat template, the masking settings, max_len and the conversations' content key; a second run
+    memory-maps the table instead of tokenizing (bench/data_scale.py). data.cache_tokenized false keeps it in memory.
     """
     import hashlib
 
-    import datasets
+    from unsloth_sft.data.tables import BATCH, cached, table, write_rows
 
-    from unsloth_sft.core.files import atomic_dir, remove_leftovers
-    from unsloth_sft.core.paths import cache_root
-    from unsloth_sft.core.quiet import no_progress_bars
-
-    if not cfg.cache_tokenized:
-        tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len, wheres)
-        return datasets.Dataset.from_dict(tokens), truncated
+    ds, key = _shaped(convs, wheres)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h = hashlib.sha256(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
-    settings = [template, max_len, cfg.train_on_completions_only, cfg.last_turn_only, tokenizer.chat_template]
-    h.update(json.dumps([settings, convs], ensure_ascii=False, sort_keys=True).encode())
-    folder = cache_root() / "tokenized" / h.hexdigest()[:24]
-    if (folder / "meta.json").is_file():
-        with no_progress_bars(transformers=False):
-            ds = datasets.load_from_disk(str(folder / "rows"))
-        return ds, json.loads((folder / "meta.json").read_text())["truncated"]
-    tokens, truncated = tokenize(tokenizer, convs, template, cfg, max_len, wheres)
-    ds = datasets.Dataset.from_dict(tokens)
-    for note in remove_leftovers(folder.parent):  # a cache write a kill interrupted
-        print(note)
-    try:
-        with atomic_dir(folder) as tmp, no_progress_bars(transformers=False):  # a cache write is no news
-            ds.save_to_disk(str(tmp / "rows"))
-            (tmp / "meta.json").write_text(json.dumps({"truncated": truncated, "examples": len(ds)}))
-    except OSError:  # a read-only cache only costs the speed-up
-        pass
-    return ds, truncated
+    settings = [template, max_len, cfg.train_on_completions_only, cfg.last_turn_only, tokenizer.chat_template, key]
+    h.update(json.dumps(settings, ensure_ascii=False, sort_keys=True).encode())
+
+    def run(cache_file: str | None):
+        state = {"truncated": 0, "trainable": 0}
+        if not len(ds) and cache_file is not None:  # datasets' map writes no file for no rows
+            write_rows(Path(cache_file), iter(()), token_features())
+            return None, {"truncated": 0, "trainable": 0, "examples": 0}
+        with Progress(len(ds), "tokenize", unit="conversation", enabled=len(ds) >= PROGRESS_ROWS) as bar:
+            state["bar"] = bar
+            out = ds.map(
+                _tokenize_batch,
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "template": template,
+                    "cfg": cfg,
+                    "max_len": max_len,
+                    "state": state,
+                },
+                batched=True,
+                batch_size=CHUNK,
+                writer_batch_size=BATCH,
+                remove_columns=ds.column_names,
+                features=token_features(),
+                keep_in_memory=cache_file is None,
+                cache_file_name=cache_file,
+                load_from_cache_file=False,
+                new_fingerprint=h.hexdigest()[:24],
+            )
+        return out, {"truncated": state["truncated"], "trainable": state["trainable"], "examples": len(out)}
+
+    if not cfg.cache_tokenized:
+        out, meta = run(None)
+        return out, meta["truncated"], meta["trainable"]
+    folder, meta = cached("tokenized", h.hexdigest()[:24], lambda tmp: run(str(tmp / "rows.arrow"))[1])
+    return table(folder / "rows.arrow"), meta["truncated"], meta["trainable"]
 
 
 def text_blocks(tokenizer, texts: list[str], block_size: int) -> dict:

@@ -47,6 +47,9 @@ def model_card(cfg: RunConfig, metrics: dict | None, eval_metrics: dict | None, 
         f"on {' + '.join(f'`{name}`' for name in source_names(cfg.data))} ({cfg.data.task} task).",
         "## How to load\n\n" + load,
     ]
+    started = started_from_line(cfg, metrics)
+    if started:
+        parts[1] += "\n\n" + started
     if source:
         terms = (
             f" Its terms (`{source['license_file']}`, in this folder) apply to this model."
@@ -80,6 +83,22 @@ def model_card(cfg: RunConfig, metrics: dict | None, eval_metrics: dict | None, 
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
     parts.append("## Training config\n\n```yaml\n" + config_yaml + "```")
     return "\n\n".join(parts) + "\n"
+
+
+def started_from_line(cfg: RunConfig, metrics: dict | None) -> str | None:
+    """The "Started from adapter ..." line of a run that continued model.adapter (metrics.json's record), else None."""
+    origin = (metrics or {}).get("started_from") or ({"adapter": cfg.model.adapter} if cfg.model.adapter else None)
+    if not origin:
+        return None
+    line = f"Started from adapter `{origin['adapter']}`"
+    if origin.get("revision"):
+        line += f" (revision `{origin['revision'][:12]}`)"
+    if origin.get("run_steps") is not None:
+        loss = origin.get("run_last_loss")
+        line += f", a run of {origin['run_steps']} steps" + (
+            f" that ended at loss {loss:.4f}" if loss is not None else ""
+        )
+    return line + ", not from a fresh LoRA."
 
 
 def base_source(name: str) -> dict | None:
@@ -130,4 +149,26 @@ def gguf_card(cfg: RunConfig, check: dict, files: list[str]) -> str:
             ]
         )
         + "\n"
+    )
+
+
+def lora_gguf_card(cfg: RunConfig, info: dict) -> str:
+    """lora-gguf/README.md: the adapter GGUF, the base it applies to, and how to run the pair in llama.cpp and Ollama."""
+    adapter = sorted(info["adapters"])[0]
+    base = info["base"]["file"]
+    where = (
+        "converted from the base model's folder into this one"
+        if info["base"]["made"]
+        else "the GGUF the base model was converted from, where it lies on the machine that exported it (copy it "
+        "beside the adapter, or edit the Modelfile's FROM, elsewhere)"
+    )
+    name = cfg.run_name
+    return (
+        f"# {name} (LoRA adapter, GGUF)\n\n"
+        f"llama.cpp's `convert_lora_to_gguf.py` on `adapter/`: {', '.join(f'`{a}`' for a in sorted(info['adapters']))}. "
+        f"An adapter GGUF runs on top of its base model's GGUF: `{base}`, {where}. Each adapter has an Ollama "
+        "Modelfile beside it (`FROM` the base, `ADAPTER` the adapter, training's chat template).\n\n"
+        "## Run it\n\n"
+        f"```bash\nllama-cli -m {base} --lora {adapter} -cnv\nllama-server -m {base} --lora {adapter} --port 8080\n"
+        f"ollama create {name} -f {Path(adapter).with_suffix('.Modelfile').name} && ollama run {name}\n```\n"
     )

@@ -47,7 +47,14 @@ def greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list
     return out[0, len(prompt_ids) :].tolist()
 
 
-def compare(reference, other, tokenizer, prompts: list[str], max_new_tokens: int = CHECK_MAX_NEW_TOKENS) -> dict:
+def compare(
+    reference,
+    other,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
+    replies: list[list[int]] | None = None,
+) -> dict:
     """Agreement of `other` with `reference` on the prompts (teacher-forced on the reference's greedy reply).
 
     `greedy_equal` counts prompts where `other`'s top-1 token at every position of the reference's greedy reply is
@@ -58,9 +65,9 @@ def compare(reference, other, tokenizer, prompts: list[str], max_new_tokens: int
 
     agree = positions = same = 0
     max_diff = 0.0
-    for prompt in prompts:
+    for n, prompt in enumerate(prompts):
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        ref_reply = greedy(reference, tokenizer, ids, max_new_tokens)
+        ref_reply = replies[n] if replies is not None else greedy(reference, tokenizer, ids, max_new_tokens)
         seq = torch.tensor([ids + ref_reply])
         with torch.no_grad():
             a, b = reference(seq).logits[0].float(), other(seq).logits[0].float()
@@ -122,47 +129,101 @@ def load_gguf_into(gguf_file: Path, reference_config):
     return load_gguf_weights(gguf_file, reference_config).eval()
 
 
-def llama_cpp_figures(gguf_file: Path, merged_model, tokenizer, prompts: list[str]) -> dict:
-    """The same figures from llama.cpp itself, through llama-cpp-python, when it is installed (else a note)."""
-    import importlib.util
+def until_stop(ids: list[int], stop: set[int]) -> list[int]:
+    """A reply's tokens up to its first stop token, the stop kept as -1 (any stop ends a reply the same way)."""
+    out = []
+    for t in ids:
+        if t in stop:
+            return out + [-1]
+        out.append(t)
+    return out
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python builds llama.cpp)"}
+
+def answer_tokens(answer: dict, stop: set[int]) -> list[int]:
+    """llama-server's reply tokens to the first stop (-1), an end-of-generation stop counted even when not returned."""
+    got = until_stop(answer.get("tokens") or [], stop)
+    if answer.get("stop_type") == "eos" and (not got or got[-1] != -1):
+        got.append(-1)
+    return got
+
+
+def llama_cpp_figures(
+    gguf_file: Path, tokenizer, prompts: list[str], replies: list[list[int]], max_new_tokens: int = CHECK_MAX_NEW_TOKENS
+) -> dict:
+    """The GGUF in llama.cpp itself (llama-server, greedy) against the merged model's greedy `replies`.
+
+    `greedy_equal`: llama.cpp's greedy reply is the merged model's, token for token, to the same stop;
+    `token_agreement`: over the reference replies' positions, how often llama.cpp's top-1 next token is the
+    reference's, teacher-forced on the reference (past the first difference, one 1-token request per position);
+    `prompt_tokens_equal`: llama.cpp's own tokenizer gives the prompt the ids training's gives it.
+    """
+    from unsloth_sft.export.llama_cpp import HOW_TO_BUILD, LlamaServer, server_binary
+
+    binary = server_binary()
+    if binary is None:
+        return {"skipped": f"llama.cpp's llama-server is not built; {HOW_TO_BUILD}"}
+    stop = stops(tokenizer)
+    same = agree = positions = same_ids = new_tokens = 0
+    seconds = 0.0
+    differ: list[dict] = []
     try:
-        import numpy as np
-        import torch
-        from llama_cpp import Llama
+        with LlamaServer(gguf_file, binary) as server:
+            for i, (prompt, reply) in enumerate(zip(prompts, replies)):
+                ids = tokenizer(prompt, add_special_tokens=False).input_ids
+                same_ids += server.tokenize(prompt) == ids
+                answer = server.complete(ids, max_new_tokens)
+                seconds += answer.get("timings", {}).get("predicted_ms", 0.0) / 1000
+                new_tokens += len(answer["tokens"])
+                ref, got = until_stop(reply, stop), answer_tokens(answer, stop)
+                same += ref == got
+                first = next((k for k, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+                agree += min(first, len(ref))
+                for k in range(first, len(ref)):  # teacher-forced past the first difference
+                    nxt = answer_tokens(server.complete(ids + reply[:k], 1, cache=True), stop)
+                    agree += nxt[:1] == ref[k : k + 1]
+                positions += len(ref)
+                if ref != got:
+                    differ.append(
+                        {
+                            "prompt": i,
+                            "at_token": first,
+                            "merged": tokenizer.decode([t for t in ref if t >= 0]),
+                            "llama_cpp": tokenizer.decode([t for t in got if t >= 0]),
+                        }
+                    )
+    except RunError as err:  # reported in export_check.json and printed; the transformers-side figures stand
+        return {"error": str(err)}
+    return {
+        "greedy_equal": same,
+        "prompts": len(prompts),
+        "token_agreement": round(agree / max(positions, 1), 4),
+        "positions": positions,
+        "prompt_tokens_equal": f"{same_ids}/{len(prompts)}",
+        "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+        "differences": differ,
+    }
 
-        llm = Llama(model_path=str(gguf_file), logits_all=True, n_ctx=2048, verbose=False, n_threads=2)
-        agree = positions = same = 0
-        max_diff = 0.0
-        for prompt in prompts:
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            ref_reply = greedy(merged_model, tokenizer, ids, CHECK_MAX_NEW_TOKENS)
-            seq = ids + ref_reply
-            llm.reset()
-            llm.eval(seq)
-            b = np.asarray(llm.scores[: len(seq)])
-            with torch.no_grad():
-                a = merged_model(torch.tensor([seq])).logits[0].float().numpy()
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            positions += len(seq)
-            max_diff = max(max_diff, float(np.abs(a - b).max()))
-            llm.reset()
-            stop, reply = stops(tokenizer), []
-            for token in llm.generate(ids, temp=0.0, top_k=1):
-                if token in stop or len(reply) >= CHECK_MAX_NEW_TOKENS:
-                    break
-                reply.append(token)
-            same += reply == [t for t in ref_reply if t not in stop]
-        return {
-            "top1_agreement": round(agree / max(positions, 1), 4),
-            "max_logit_diff": round(max_diff, 5),
-            "greedy_equal": same,
-            "prompts": len(prompts),
-        }
-    except Exception as err:  # an optional second opinion: record why it failed, never fail the export on it
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+
+def llama_cpp_line(name: str, figures: dict) -> str:
+    """What the export prints about a GGUF in llama.cpp: a mismatch said plainly."""
+    if "skipped" in figures or "error" in figures:
+        return f"gguf: {name} in llama.cpp: not checked ({figures.get('skipped') or figures.get('error')})"
+    verdict = (
+        "same greedy replies as merged/"
+        if figures["greedy_equal"] == figures["prompts"]
+        else f"MISMATCH: {figures['prompts'] - figures['greedy_equal']} of {figures['prompts']} greedy replies "
+        f"differ from merged/'s (first at token {figures['differences'][0]['at_token']} of prompt "
+        f"{figures['differences'][0]['prompt']})"
+    )
+    tokens = (
+        ""
+        if figures["prompt_tokens_equal"].split("/")[0] == str(figures["prompts"])
+        else (f"; only {figures['prompt_tokens_equal']} prompts tokenize the same in llama.cpp")
+    )
+    return (
+        f"gguf: {name} in llama.cpp: {verdict}; token agreement {figures['token_agreement']:.3f} over "
+        f"{figures['positions']} reply tokens{tokens}"
+    )
 
 
 def stops(tokenizer) -> set[int]:
@@ -172,10 +233,14 @@ def stops(tokenizer) -> set[int]:
 
 
 def check_gguf(gguf_file: Path, merged_model, tokenizer, prompts: list[str]) -> dict:
-    """Merged vs one GGUF (transformers' loader; llama-cpp-python too when installed); lossy when not identical."""
-    figures = compare(merged_model, load_gguf_into(gguf_file, merged_model.config), tokenizer, prompts)
+    """Merged vs one GGUF: transformers' loader (the weights), then llama.cpp itself (what users run); lossy when
+    not identical. The merged model's greedy replies are computed once for both."""
+    replies = [greedy(merged_model, tokenizer, tokenizer(p, add_special_tokens=False).input_ids, CHECK_MAX_NEW_TOKENS)
+               for p in prompts]  # fmt: skip
+    figures = compare(merged_model, load_gguf_into(gguf_file, merged_model.config), tokenizer, prompts, replies=replies)
     figures["lossy"] = figures["top1_agreement"] < 1.0 or figures["greedy_equal"] < figures["prompts"]
-    figures["llama_cpp"] = llama_cpp_figures(gguf_file, merged_model, tokenizer, prompts)
+    figures["llama_cpp"] = llama_cpp_figures(gguf_file, tokenizer, prompts, replies)
+    print(llama_cpp_line(Path(gguf_file).name, figures["llama_cpp"]), flush=True)
     return figures
 
 

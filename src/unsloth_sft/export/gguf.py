@@ -3,7 +3,7 @@
 
 The converter is `convert_hf_to_gguf.py` from the llama-cpp-python source distribution (scripts/setup.sh
 unpacks it); it runs as a subprocess with this Python. f32/f16/bf16/q8_0 come from it directly; k-quants
-(q4_k_m, ...) need llama.cpp's `llama-quantize`, built once from the same sources (BUILD_QUANTIZER: 7 min on 2 cores).
+(q4_k_m, ...) need llama.cpp's `llama-quantize`, built once from the same sources with llama-server (export.runtime).
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from pathlib import Path
 
 from unsloth_sft.core import procs
 from unsloth_sft.core.errors import ModelError, RunError
-from unsloth_sft.core.paths import cache_root
 from unsloth_sft.core.progress import Progress, duration, size
 from unsloth_sft.core.quiet import is_verbose
+from unsloth_sft.export.llama_cpp import LLAMA_CPP_ENV, llama_cpp_candidates  # where the tree is (and its build)
 from unsloth_sft.export.modelfile import END_OF_TURN, modelfile
 from unsloth_sft.models.gguf import ensure_sentencepiece
 from unsloth_sft.models.tokens import adds_bos, token_id
 
-LLAMA_CPP_ENV = "UNSLOTH_SFT_LLAMA_CPP"  # a llama.cpp source tree with convert_hf_to_gguf.py (and gguf-py)
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python sdist whose vendor/llama.cpp setup.sh unpacks
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
 GET_CONVERTER = (
@@ -34,10 +33,11 @@ GET_CONVERTER = (
     f"llama-cpp-python=={LLAMA_CPP_PYTHON}` into ~/.cache/unsloth_sft/tools/llama.cpp), or set {LLAMA_CPP_ENV} "
     "to a llama.cpp checkout"
 )
-BUILD_QUANTIZER = (
-    "cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF "
-    "-DLLAMA_BUILD_TESTS=OFF && cmake --build build --target llama-quantize -j2"
+BUILD_QUANTIZER = (  # the same build as export.runtime's: llama-server comes with it
+    "cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF "
+    "&& cmake --build build --target llama-server llama-quantize -j2"
 )
+BUILD_RUNTIME = ".venv/bin/python -m unsloth_sft.export.runtime"  # that build, locked and marked done (runtime.py)
 CONTROL = 3  # tokenizer.ggml.token_type of a control token: llama.cpp stops on an end-of-turn one
 # What the tools print as they go, read for our progress lines: the converter logs each tensor it lays out, then
 # gguf-py writes them under a tqdm bar (where the time goes: tensors are converted lazily, as they are written);
@@ -45,13 +45,6 @@ CONTROL = 3  # tokenizer.ggml.token_type of a control token: llama.cpp stops on 
 TENSOR_LINE = re.compile(r" --> \w+, shape = \{")
 WRITE_BAR = re.compile(r"Writing:\s*\d+%\|[^|]*\|\s*([\d.]+)([kMGTP]?)/([\d.]+)([kMGTP]?)")
 QUANT_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
-
-
-def llama_cpp_candidates() -> list[Path]:
-    if os.environ.get(LLAMA_CPP_ENV):
-        return [Path(os.environ[LLAMA_CPP_ENV]).expanduser()]
-    places = [cache_root() / "tools" / "llama.cpp", Path.home() / ".cache" / "unsloth_sft" / "tools" / "llama.cpp"]
-    return list(dict.fromkeys(places))
 
 
 def llama_cpp_dir() -> Path:
@@ -83,7 +76,8 @@ def check_quants(quants: list[str], root: Path) -> Path | None:
     if tool is None:
         raise RunError(
             f"export.gguf_quant {', '.join(need)} needs llama.cpp's llama-quantize, not built yet; build it once "
-            f"(~10 min on 2 cores): cd {root} && {BUILD_QUANTIZER}; or use f16/q8_0, which need no build"
+            f"(~10-15 min on 2 cores, with llama-server): {BUILD_RUNTIME} (or cd {root} && {BUILD_QUANTIZER}); "
+            "or use f16/q8_0, which need no build"
         )
     return tool
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")  # texts llama.cpp takes as end of turn
@@ -47,15 +48,28 @@ def default_system(tokenizer) -> str | None:
     return found.group(1) if found else None
 
 
-def modelfile(gguf_name: str, tokenizer, template: str, ecfg) -> str:
-    """An Ollama Modelfile: FROM the GGUF, the training template, a stop per end-of-turn token, eval's sampling."""
+def from_line(path: str) -> str:
+    """A file in the Modelfile's folder as ./NAME (Ollama resolves it there), any other path as it is."""
+    return path if os.sep in path else f"./{path}"
+
+
+def modelfile(gguf_name: str, tokenizer, template: str, ecfg, base: str | None = None) -> str:
+    """An Ollama Modelfile: FROM the GGUF (or, for a LoRA adapter GGUF, FROM `base` and ADAPTER the adapter), the
+    training template, a stop per end-of-turn token, eval's sampling."""
     from unsloth_sft.models.tokens import stop_token_ids
 
     lines = [
         f"# ollama create NAME -f {Path(gguf_name).with_suffix('.Modelfile').name} && ollama run NAME",
-        f"FROM ./{gguf_name}",
+        f"FROM {from_line(base)}" if base else f"FROM ./{gguf_name}",
     ]
+    if base:
+        lines.append(f"ADAPTER ./{gguf_name}")
     body = ollama_template(tokenizer, template)
+    if body is not None and "tools" in (tokenizer.chat_template or "") and template == "chat":
+        lines.append(  # Ollama's Go template cannot reproduce the Jinja one's JSON spacing and key order
+            "# TEMPLATE renders the chat turns only, not tools or tool calls: for those, serve the GGUF with "
+            "llama.cpp (llama-server --jinja uses the chat template stored in the file)"
+        )
     if body is not None:
         lines.append(f'TEMPLATE """{body}"""')
     system = default_system(tokenizer) if body == CHATML_TEMPLATE else None

@@ -3,7 +3,7 @@
 Training's last stage (`pipeline.finish`) and `unsloth-sft export RUN` both call `export`. The order is fixed:
 the trained weights (adapter/, or merged/ for a full fine-tune), merged/ from the adapter when a method needs it,
 unsloth's 4-bit save, the model cards, the export check (merged/ against the adapter, then each GGUF written and
-checked against merged/), and last the Hub push. Everything that can refuse an export does so before any work.
+checked against merged/), the adapter as GGUF (lora-gguf/, checked in llama.cpp with --lora), and last the Hub push. Everything that can refuse an export does so before any work.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from unsloth_sft.core.quiet import warn
 from unsloth_sft.evaluation.report import check_table
 from unsloth_sft.evaluation.run_report import write_run_report
 from unsloth_sft.export import check as C
-from unsloth_sft.export.card import gguf_card, model_card, write_card
+from unsloth_sft.export.card import gguf_card, lora_gguf_card, model_card, write_card
 from unsloth_sft.export.gguf import check_quants, export_gguf, llama_cpp_dir
 from unsloth_sft.export.hub import push_folder, push_plan
 from unsloth_sft.export.weights import (
@@ -70,6 +70,23 @@ def check_methods(methods: list[str], cfg: RunConfig, run: RunDir | None = None,
         raise ModelError(f"{run}: neither adapter/ nor merged/ here; train first")
     if "gguf" in methods:
         check_gguf_tools(cfg)
+    if "lora_gguf" in methods:
+        check_lora_gguf(cfg, run)
+
+
+def check_lora_gguf(cfg: RunConfig, run: RunDir | None) -> None:
+    """lora_gguf needs an adapter (a full fine-tune has none), llama.cpp's converter, and an adapter llama.cpp's
+    LoRA GGUF can hold."""
+    from unsloth_sft.export.lora_gguf import check_adapter
+
+    if cfg.finetune == "full" or (run is not None and not run.has_adapter):
+        where = "finetune is full" if cfg.finetune == "full" else f"{run} has no adapter/"
+        raise ModelError(f"--method lora_gguf converts a LoRA adapter, but {where}; use gguf (the whole model)")
+    llama_cpp_dir()
+    if cfg.lora.use_dora:
+        raise ConfigError("export lora_gguf: llama.cpp's LoRA GGUF has no DoRA magnitudes; use gguf (merged model)")
+    if run is not None:
+        check_adapter(run.adapter)
 
 
 def export(
@@ -118,6 +135,8 @@ def export(
     if "merged_16bit" in out:
         write_card(run.merged, model_card(cfg, metrics, eval_metrics, "merged"), cfg)
     out.update(verify(run, cfg, methods, metrics, eval_metrics))
+    if "lora_gguf" in methods:
+        out["lora_gguf"] = str(export_lora(run, cfg))
     if push_to_hub:
         pushes = push_plan(methods, out, push_to_hub)
         if not pushes:
@@ -165,6 +184,32 @@ def verify(run: RunDir, cfg: RunConfig, methods: list[str], metrics=None, eval_m
     card = model_card(cfg, metrics, eval_metrics, "merged")
     write_card(run.merged, card + "\n## Export check\n\n" + check_table(check) + "\n", cfg)
     return out
+
+
+def export_lora(run: RunDir, cfg: RunConfig) -> Path:
+    """lora-gguf/: the adapter as GGUF beside its base GGUF, with Modelfiles and a card; checked in llama.cpp with
+    --lora against base + adapter (export_check.json's "lora_gguf"). Returns the folder."""
+    from transformers import AutoTokenizer
+
+    from unsloth_sft.core.files import read_json
+    from unsloth_sft.export.lora_gguf import FOLDER, export_lora_gguf, runtime_check, runtime_line
+    from unsloth_sft.models.sources import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter)
+    prompts, template = C.eval_prompts(cfg, tokenizer, cfg.export.check_prompts)
+    base_path = resolve_model_path(cfg.model.name)
+    out_dir = run / FOLDER
+    info = export_lora_gguf(run.adapter, out_dir, cfg, tokenizer, template, base_path, llama_cpp_dir())
+    base_file = Path(info["base"]["file"]) if not info["base"]["made"] else out_dir / info["base"]["file"]
+    reference = C.load_float32(base_path, run.adapter)
+    for name, figures in info["adapters"].items():
+        figures["llama_cpp"] = runtime_check(base_file, out_dir / name, reference, tokenizer, prompts)
+        print(runtime_line(name, figures["llama_cpp"]), flush=True)
+    check = read_json(run.export_check_file) or {}
+    check["lora_gguf"] = info
+    write_json(run.export_check_file, check)
+    write_card(out_dir, lora_gguf_card(cfg, info), cfg)
+    return out_dir
 
 
 def export_run(

@@ -10,6 +10,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from unsloth_sft.core.errors import ModelError
+from unsloth_sft.core.hardware import cpu_compute_dtype, describe, dtype_reason
 from unsloth_sft.core.quiet import silence_known_noise, stderr_to_stdout
 
 
@@ -147,14 +148,42 @@ def choose_backend(requested: str) -> str:
     return "transformers"
 
 
-def torch_dtype(name: str):
+def dtype_name(name: str, flags: list[str] | None = None) -> str:
+    """model.dtype as it will run: "auto" is bf16 on a GPU that has it (else fp16), and on a CPU bf16 where it has
+    bf16 matmul units (AMX-BF16 or AVX512-BF16), else fp32; `flags` fakes the CPU's flags in tests."""
     import torch
 
     if name != "auto":
-        return getattr(torch, name)
+        return name
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return cpu_compute_dtype(flags)
+
+
+def torch_dtype(name: str, flags: list[str] | None = None):
+    import torch
+
+    return getattr(torch, dtype_name(name, flags))
+
+
+def unsloth_dtype(name: str, flags: list[str] | None = None):
+    """The dtype to give unsloth's from_pretrained: None (its own rule) for auto on a GPU; on a CPU ours, so that
+    both backends train in the same dtype on the same machine."""
+    import torch
+
+    return None if name == "auto" and torch.cuda.is_available() else torch_dtype(name, flags)
+
+
+def dtype_line(name: str, flags: list[str] | None = None) -> str:
+    """The one line a run prints at start: the compute dtype, why, the CPU and its ISA flags."""
+    import torch
+
+    chosen = dtype_name(name, flags)
+    if torch.cuda.is_available():
+        why = "model.dtype" if name != "auto" else f"auto on {torch.cuda.get_device_name(0)}"
+    else:
+        why = "model.dtype" if name != "auto" else f"auto: {dtype_reason(flags)}"
+    return f"compute dtype {chosen} ({why}); {describe()}"
 
 
 def import_backend(requested: str) -> str:

@@ -22,6 +22,9 @@ GEMMA_CHAT_TEMPLATE = (
 
 # A special marker written literally in a template: <start_of_turn>, <|im_end|>, <|eot_id|> ...
 MARKER = re.compile(r"<\|?[A-Za-z_][A-Za-z0-9_]*\|?>")
+# Hermes' tool-call tags: text a model learns to write (SmolLM2 has no tokens for them), not turn markers
+TOOL_TAGS = ("<tools>", "<tool_call>", "<tool_response>")
+OWN_TEMPLATES = Path(__file__).parent / "templates"  # named templates shipped here (chatml-tools)
 
 
 def trl_templates() -> dict[str, Path]:
@@ -54,13 +57,17 @@ def template_text(spec: str, backend: str) -> str:
         if not path.is_file():
             raise ConfigError(f"model.chat_template '{spec}': no such Jinja file")
         return path.read_text(encoding="utf-8")
+    if (OWN_TEMPLATES / f"{spec}.jinja").is_file():
+        return (OWN_TEMPLATES / f"{spec}.jinja").read_text(encoding="utf-8")
     trl = trl_templates()
     if spec in trl:
         return trl[spec].read_text(encoding="utf-8")
     ours = unsloth_templates(backend)
     if spec in ours:
         return ours[spec]
-    names = sorted(trl) + [n for n in sorted(ours) if n not in trl]
+    names = (
+        sorted(p.stem for p in OWN_TEMPLATES.glob("*.jinja")) + sorted(trl) + [n for n in sorted(ours) if n not in trl]
+    )
     more = "" if ours else "; unsloth's (chatml, alpaca, mistral ...) on the unsloth backend"
     raise ConfigError(f"model.chat_template '{spec}': not a .jinja file or a known name ({', '.join(names)}{more})")
 
@@ -68,7 +75,7 @@ def template_text(spec: str, backend: str) -> str:
 def check_markers(tokenizer, text: str, spec: str) -> None:
     """Refuse a template whose turn markers this tokenizer does not know as tokens: they would be split into
     pieces, and generation would not stop at the end of a turn (a training/serving mismatch)."""
-    missing = sorted({m for m in MARKER.findall(text) if token_id(tokenizer, m) is None})
+    missing = sorted({m for m in MARKER.findall(text) if token_id(tokenizer, m) is None and m not in TOOL_TAGS})
     if missing:
         raise ModelError(
             f"model.chat_template {spec} writes {', '.join(missing)}, which this tokenizer has no token for; "

@@ -18,6 +18,7 @@ from unsloth_sft.core.files import check_writable, pid_alive, read_json, remove_
 CONFIG, METRICS, ENVIRONMENT = "config.yaml", "metrics.json", "environment.json"
 ADAPTER, MERGED, EVAL, CHECKPOINTS = "adapter", "merged", "eval", "checkpoints"
 GGUF, MERGED_4BIT = "gguf", "merged_4bit_forced"  # llama.cpp files; unsloth's 4-bit save (GPU only)
+LORA_GGUF = "lora-gguf"  # the adapter as GGUF, beside its base GGUF (export lora_gguf)
 LOSS_HISTORY, LOSS_PLOT = "loss_history.json", "loss.png"
 EXPORT_CHECK = "export_check.json"  # written by every export (unsloth_sft.export.check)
 ERROR = "error.json"  # a sweep variant that failed: its one-line error
@@ -302,7 +303,7 @@ class RunDir:
     def clear_outputs(self) -> None:
         """Remove what an unfinished earlier attempt left (models, eval, loss curve): a fresh run writes its own."""
         for child in self.path.iterdir():
-            stale = child.name in (ADAPTER, MERGED, LOSS_HISTORY, LOSS_PLOT, MERGED_4BIT, GGUF, EXPORT_CHECK)
+            stale = child.name in (ADAPTER, MERGED, LOSS_HISTORY, LOSS_PLOT, MERGED_4BIT, GGUF, LORA_GGUF, EXPORT_CHECK)
             if stale or child.name == EVAL or child.name.startswith(f"{EVAL}-"):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 

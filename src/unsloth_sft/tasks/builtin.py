@@ -82,10 +82,12 @@ register(
     Task(
         "chat",
         fields=("messages",),
-        aliases={"messages": ("conversations",)},  # ShareGPT rows: [{from: human|gpt|system, value}] (data/rows.py)
+        optional=("tools",),  # the tools a row offers (JSON schemas), for tool_calls in its messages (data/tools.py)
+        # ShareGPT rows: [{from: human|gpt|system|tool, value}] (data/rows.py); OpenAI's older exports: functions
+        aliases={"messages": ("conversations",), "tools": ("functions",)},
         detect=10,
         shape="messages",
-        loss="every assistant turn (or the last: data.last_turn_only)",
+        loss="every assistant turn, tool calls included (or the last: data.last_turn_only); tool results masked",
         metrics=metrics.free_text,
         headline="chrf++",
         infer_line='a user message: "hi", or {"messages": [{"role": "user", "content": "hi"}]}',

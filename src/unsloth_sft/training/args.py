@@ -7,8 +7,15 @@ from pathlib import Path
 from unsloth_sft.config.model import gradient_checkpointing
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.config.train import best_metric_name, eval_strategy, load_best
+from unsloth_sft.models.backends import dtype_name
 from unsloth_sft.training.distributed import is_main_process
 from unsloth_sft.training.tracking import trackers
+
+
+def cpu_bf16(cfg: RunConfig) -> bool:
+    """bf16 mixed precision on a CPU: where model.dtype runs in bf16 (auto: a CPU with bf16 matmul units), autocast
+    over the bf16 weights; LoRA's master weights and the optimizer state stay fp32. train.bf16 overrides."""
+    return dtype_name(cfg.model.dtype) == "bfloat16" if cfg.train.bf16 is None else cfg.train.bf16
 
 
 def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
@@ -18,7 +25,7 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
 
     t = cfg.train
     cuda = torch.cuda.is_available()
-    bf16 = (torch.cuda.is_bf16_supported() if cuda else False) if t.bf16 is None else (t.bf16 and cuda)
+    bf16 = (torch.cuda.is_bf16_supported() if t.bf16 is None else t.bf16) if cuda else cpu_bf16(cfg)
     strategy = eval_strategy(t)
     best = load_best(t)
     # the best checkpoint must exist when load_best_model_at_end reloads it: save at every evaluation
@@ -78,4 +85,22 @@ def sft_config(cfg: RunConfig, output_dir: Path, backend: str | None = None):
         metric_for_best_model=best_metric_name(t) if strategy != "no" else None,
         greater_is_better=t.greater_is_better,
         disable_tqdm=not is_main_process(),
+        **hub_args(cfg),
     )
+
+
+def hub_args(cfg: RunConfig) -> dict:
+    """The Trainer's Hub arguments for train.hub_strategy (every_save, checkpoint, all_checkpoints; `end` is the final
+    export's push). push_to_hub stays off here: training.hub_push turns it on once the repo is there (in the Trainer's
+    constructor a Hub that cannot be reached would stop the run). No hub_token: the Trainer pickles its arguments into
+    every checkpoint (training_args.bin, pushed too); huggingface_hub reads HF_TOKEN or the login cache itself."""
+    t = cfg.train
+    if t.hub_strategy in (None, "end"):
+        return {}
+    return {
+        "hub_model_id": cfg.export.push_to_hub,
+        "hub_strategy": t.hub_strategy,
+        "hub_private_repo": cfg.export.private,
+        # each save goes up, queued behind the one still uploading (the Trainer's default skips that save)
+        "hub_always_push": True,
+    }

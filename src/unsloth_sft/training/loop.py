@@ -11,13 +11,15 @@ from typing import Any
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.config.train import best_metric_name, load_best
 from unsloth_sft.core.errors import RunError, SFTError, TrainingFailed
+from unsloth_sft.core.files import read_json
 from unsloth_sft.runs.folder import RunDir
+from unsloth_sft.runs.hub_resume import FROM_HUB
 from unsloth_sft.training.distributed import gather, is_main_process, world_size
 
 
 def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str, Any]:
     """Run training (resuming when given a checkpoint) and return the run's metrics as a plain dict."""
-    from unsloth_sft.training.callbacks import MemoryCallback, nan_callback  # transformers: imported late
+    from unsloth_sft.training.callbacks import MemoryCallback, nan_callback, start_hub_pushes  # imported late
 
     memory = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryCallback)), None)
     if memory is None:
@@ -26,11 +28,14 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
     nan = nan_callback() if cfg.train.stop_on_nan else None
     if nan is not None:
         trainer.add_callback(nan)
-    resumed = {}
+    pushes = start_hub_pushes(trainer, cfg, RunDir(cfg.run_dir))  # train.hub_strategy: the Trainer pushes each save
+    resumed, hub = {}, None
     if resume_from is not None:
         resumed = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        hub = read_json(Path(resume_from) / FROM_HUB)  # downloaded from the Hub on a fresh runtime (runs.hub_resume)
         if is_main_process():
-            print(f"Resuming from {resume_from} (step {resumed.get('global_step')})")
+            origin = f", pulled from the Hub: {hub['repo']} {hub['path']} at commit {hub['commit'][:8]}" if hub else ""
+            print(f"Resuming from {resume_from} (step {resumed.get('global_step')}){origin}")
     done = resumed and cfg.train.max_steps is not None and int(resumed.get("global_step") or 0) >= cfg.train.max_steps
     stopped = (resumed.get("stateful_callbacks") or {}).get("TrainerControl", {}).get("args", {})
     done = done or bool(stopped.get("should_training_stop"))  # early stopping had ended it before the interruption
@@ -45,6 +50,9 @@ def train(cfg: RunConfig, trainer, resume_from: Path | None = None) -> dict[str,
             "lower train.learning_rate or check the data"
         )
     metrics = run_metrics(cfg, trainer, output, memory.report, resumed)
+    metrics["resumed_from_hub"] = hub
+    if pushes is not None:
+        metrics["hub_pushes"] = pushes.finish()  # which went up, which failed (also the run's hub_pushes.json)
     metrics.update(stop_summary(cfg, trainer))
     metrics["memory_per_rank"] = gather(memory.report)  # collective: every rank reaches it after train()
     if is_main_process() and len(metrics["memory_per_rank"]) > 1:

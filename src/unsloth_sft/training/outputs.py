@@ -44,7 +44,9 @@ def environment() -> dict[str, Any]:
 
     import torch
 
-    from unsloth_sft.models.backends import unsloth_settings
+    from unsloth_sft.core.allocator import settings as allocator_settings
+    from unsloth_sft.core.hardware import dtype_reason
+    from unsloth_sft.models.backends import dtype_name, unsloth_settings
 
     versions = {}
     for name in (
@@ -69,6 +71,9 @@ def environment() -> dict[str, Any]:
         "device": device,
         "cpu": f"{cpu['model']}, {cpu['cores']} cores",
         "cpu_flags": " ".join(cpu["flags"]),
+        "dtype_auto": f"{dtype_name('auto')} ({dtype_reason() if not torch.cuda.is_available() else 'GPU'})",
+        "threads": torch.get_num_threads(),
+        "allocator": allocator_settings(),  # glibc MALLOC_* and OMP_NUM_THREADS (core/allocator.py)
         "packages": versions,
         "unsloth_workarounds": unsloth_settings(),  # e.g. UNSLOTH_BNB_NF4_LINEAR=0 (torch 2.11 + CUDA): who set it, why
     }
