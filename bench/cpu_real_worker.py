@@ -58,6 +58,23 @@ VARIANTS = {
 }
 
 
+def trl_settings(t, total_steps: int) -> dict:
+    """The recipe's optimiser, batch and schedule as SFTConfig keys for plain TRL; the rest is TRL's defaults."""
+    return {
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_steps": total_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "optim": t.optim,
+        "logging_steps": 1,
+        "seed": t.seed,
+        "data_seed": t.seed,
+    }
+
+
 def recipe_config(variant: str, model: str, steps: int, out_dir: Path):
     """The recipe's RunConfig for a real-model variant: `steps` optimizer steps, no warm-up of the learning rate."""
     from unsloth_sft.config.load import load_config
@@ -186,19 +203,7 @@ def run_variant(variant: str, model: str, steps: int, warmup: int, eval_examples
     callbacks = [clock.callback()]
     if plain_trl:
         texts = [render(tokenizer, c, data.template).text for c in examples.train_conversations]
-        settings = {  # the recipe's optimiser, so that losses compare; the rest is TRL's defaults
-            "per_device_train_batch_size": t.per_device_train_batch_size,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps,
-            "max_steps": total_steps,
-            "learning_rate": t.learning_rate,
-            "lr_scheduler_type": t.lr_scheduler_type,
-            "warmup_steps": t.warmup_steps,
-            "weight_decay": t.weight_decay,
-            "optim": t.optim,
-            "logging_steps": 1,
-            "seed": t.seed,
-            "data_seed": t.seed,
-        }
+        settings = trl_settings(t, total_steps)  # the recipe's optimiser, so that losses compare
         if variant == "trl-no-checkpointing":
             settings["gradient_checkpointing"] = False
         trainer = plain_trl_trainer(model_obj, tokenizer, texts, out_dir, callbacks, lora=cfg.lora, **settings)

@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 from bench.common import matmul_peak, train_flops  # noqa: E402
 from bench.cpu_common import Clock, TokenCounter, model_loss_trainer, plain_trl_trainer, summed  # noqa: E402
-from bench.cpu_real_worker import RECIPE, model_dims, plain_model, recipe_examples  # noqa: E402
+from bench.cpu_real_worker import RECIPE, model_dims, plain_model, recipe_examples, trl_settings  # noqa: E402
 
 DESCRIPTIONS = {
     "recipe": "the recipe as `unsloth-sft train` runs it: the CLI's allocator and threads, backend auto, "
@@ -94,19 +94,7 @@ def run_variant(args) -> dict:
     clock = Clock()
     if variant == "trl":
         texts = [render(tokenizer, c, data.template).text for c in examples.train_conversations]
-        settings = {  # the recipe's optimiser and batch, so that the runs compare; the rest is TRL's defaults
-            "per_device_train_batch_size": t.per_device_train_batch_size,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps,
-            "max_steps": total,
-            "learning_rate": t.learning_rate,
-            "lr_scheduler_type": t.lr_scheduler_type,
-            "warmup_steps": t.warmup_steps,
-            "weight_decay": t.weight_decay,
-            "optim": t.optim,
-            "logging_steps": 1,
-            "seed": t.seed,
-            "data_seed": t.seed,
-        }
+        settings = trl_settings(t, total)  # the recipe's optimiser and batch, so that the runs compare
         trainer = plain_trl_trainer(model, tokenizer, texts, cfg.run_dir, [clock.callback()], lora=cfg.lora, **settings)
     elif variant == "recipe-slow":
         trainer = model_loss_trainer(cfg, model, tokenizer, data.train, [clock.callback()], backend)

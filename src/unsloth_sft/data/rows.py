@@ -238,16 +238,21 @@ class Examples:
     stream: dict | None = None  # data.streaming: the training rows as a datasets IterableDataset (data/stream.py)
 
 
+def split_task(train: Split, d: DataConfig) -> tuple[dict, str, str]:
+    """A split's first row (an object, or one line naming where it is not), the file it came from, and its task."""
+    first = train.rows[0]
+    if not isinstance(first, dict):
+        raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
+    origin = train.where[0].rsplit(" ", 2)[0]
+    return first, origin, detect_task(list(first), d, origin, rows=train.rows)
+
+
 def source_examples(cfg: RunConfig) -> Examples:
     """One source (data.source) read, split, its task detected, its rows turned into conversations."""
     d = cfg.data
     check_columns(d)
     train, test = train_test(d, cfg.train.seed, cfg.eval.max_samples)  # a carve no bigger than eval scores
-    first = train.rows[0]
-    if not isinstance(first, dict):
-        raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
-    origin = train.where[0].rsplit(" ", 2)[0]
-    task = detect_task(list(first), d, origin, rows=train.rows)
+    first, origin, task = split_task(train, d)
     if tasks.get(task).shape == "blocks":
         col = resolve_columns(list(first), d, task, origin)[tasks.get(task).fields[0]]
         for row, where in zip(train.rows, train.where):

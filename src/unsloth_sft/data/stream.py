@@ -17,8 +17,8 @@ from typing import Any
 from unsloth_sft import tasks
 from unsloth_sft.config.run import RunConfig
 from unsloth_sft.core.errors import ConfigError, DataError
-from unsloth_sft.data.columns import check_columns, detect_task, resolve_columns
-from unsloth_sft.data.rows import Examples, conversations, to_messages, wheres
+from unsloth_sft.data.columns import check_columns, resolve_columns
+from unsloth_sft.data.rows import Examples, conversations, split_task, to_messages, wheres
 from unsloth_sft.data.sources import MAX_CARVE, SUFFIXES, Split, json_splits, jsonl_rows, read_path, sample_dir
 from unsloth_sft.data.tables import BATCH, batch_rows, digest
 
@@ -145,11 +145,7 @@ def stream_examples(cfg: RunConfig) -> Examples:
     if not head:
         raise DataError(f"{d.source}: split '{d.split}' has no rows")
     train = _head_split(head, name)
-    first = train.rows[0]
-    if not isinstance(first, dict):
-        raise DataError(f"{train.where[0]}: expected an object with named fields, got {type(first).__name__}")
-    origin = train.where[0].rsplit(" ", 2)[0]
-    task = detect_task(list(first), d, origin, rows=train.rows)
+    first, origin, task = split_task(train, d)
     if tasks.get(task).shape == "blocks":
         raise DataError(f"{d.source}: data.streaming trains conversations; raw text ({task}) is prepared: unset it")
     head_convs, skipped = conversations(train, task, d)
