@@ -297,26 +297,34 @@ def test_mlp_preset_resolves_to_the_models_mlp_layers(tmp_path):
     assert set(model.peft_config["default"].target_modules) == {"gate_proj", "up_proj", "down_proj"}
 
 
-def test_eval_during_training_computes_logits_at_trained_positions_only(tmp_path):
-    """The Trainer's evaluation on a CPU goes through the same loss as training: logits only where a trained token
-    is predicted (a 262k-vocabulary model's full eval logits would be GBs), and no logits gathered."""
+def test_eval_during_training_computes_logits_at_trained_positions_only(tmp_path, monkeypatch):
+    """The Trainer's evaluation on a CPU goes through the same lean loss as training: the head only at the positions
+    that predict a trained token (a 262k-vocabulary model's full eval logits would be GBs), never the full logits."""
     from unsloth_sft import pipeline
+    from unsloth_sft.training import loss
     from unsloth_sft.training.trainer import build_trainer
 
     cfg = small_config(tmp_path, "model.backend=transformers", "train.eval_steps=2")
     run = pipeline.start(cfg)
     trainer = build_trainer(cfg, run.loaded.model, run.loaded.tokenizer, run.data.train, run.data.test)
-    seen = []
-    hook = run.loaded.model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((kwargs["input_ids"].shape[1], kwargs.get("logits_to_keep"))),
-        with_kwargs=True,
-    )
+    rows, head_calls = [], []
+    real_head_nll = loss.head_nll
+
+    def counting_head_nll(hidden_rows, weight, targets, softcap=None):
+        rows.append(hidden_rows.shape[0])
+        return real_head_nll(hidden_rows, weight, targets, softcap)
+
+    monkeypatch.setattr(loss, "head_nll", counting_head_nll)
+    head = run.loaded.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: head_calls.append(args[0].shape))
     try:
         result = trainer.evaluate()
     finally:
         hook.remove()
-    assert result["eval_loss"] > 0 and seen
-    assert all(keep is not None and 0 < len(keep) < length for length, keep in seen)
+    positions = sum(len(ids) for ids in run.data.test["input_ids"])
+    trained = sum(sum(1 for x in labels[1:] if x != -100) for labels in run.data.test["labels"])
+    assert result["eval_loss"] > 0 and head_calls == []  # the lm_head module never ran on full hidden states
+    assert sum(rows) == trained and 0 < trained < positions
 
 
 # ---------------------------------------------------------------- model.chat_template
