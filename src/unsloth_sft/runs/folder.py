@@ -259,16 +259,7 @@ class RunDir:
         saved = owner.saved_config()
         if saved is None:
             return  # a checkpoint from elsewhere, with nothing to compare: train.resume named it on purpose
-        from unsloth_sft.config.diff import config_changes
-
-        changes = config_changes(saved, cfg.to_dict())
-        if changes:
-            raise RunError(
-                f"{self.path}: cannot resume {checkpoint.name}, it was trained with another config ("
-                + "; ".join(changes)
-                + "); set overwrite: true (--set overwrite=true) to start this run over, "
-                "or choose another run_name"
-            )
+        refuse_changed_config(saved, cfg, f"{self.path}: cannot resume {checkpoint.name}", "choose another run_name")
 
     def prepare(self, cfg) -> tuple[Path | None, Path | None]:
         """Make the folder for a run: (checkpoint to resume from, where an overwritten run was set aside).
@@ -318,3 +309,15 @@ class RunDir:
         """Delete a set-aside run, once the run that replaced it has finished."""
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+def refuse_changed_config(saved: dict, cfg, what: str, other: str) -> None:
+    """One line when `cfg` differs from the config a checkpoint was trained with (`saved`), naming the keys."""
+    from unsloth_sft.config.diff import config_changes
+
+    changes = config_changes(saved, cfg.to_dict())
+    if changes:
+        raise RunError(
+            f"{what}, it was trained with another config ({'; '.join(changes)}); set overwrite: true "
+            f"(--set overwrite=true) to start this run over, or {other}"
+        )

@@ -16,7 +16,7 @@ from typing import Any
 
 from unsloth_sft.core.errors import RunError
 from unsloth_sft.core.files import atomic_write_text, move_dir_into_place, scratch_dir
-from unsloth_sft.runs.folder import CONFIG, RunDir
+from unsloth_sft.runs.folder import CONFIG, RunDir, refuse_changed_config
 
 LAST_CHECKPOINT = "last-checkpoint"  # hub_strategy checkpoint; all_checkpoints pushes checkpoint-N/ folders
 STATE = "trainer_state.json"
@@ -43,16 +43,7 @@ def pull_hub_checkpoint(cfg, folder: RunDir) -> dict[str, Any] | None:
         print(f"resume: {where} belongs to run {saved['run_name']!r}, not {cfg.run_name!r}; starting fresh")
         return None
     if saved is not None:
-        from unsloth_sft.config.diff import config_changes
-
-        changes = config_changes(saved, cfg.to_dict())
-        if changes:
-            raise RunError(
-                f"{folder.path}: cannot resume {where}, it was trained with another config ("
-                + "; ".join(changes)
-                + "); set overwrite: true (--set overwrite=true) to start this run over, "
-                "or push to another export.push_to_hub"
-            )
+        refuse_changed_config(saved, cfg, f"{folder.path}: cannot resume {where}", "push to another export.push_to_hub")
     target = folder.checkpoints / f"checkpoint-{step}"
     origin = {"repo": repo, "path": f"{path}/", "step": step, "commit": commit}
     download(repo, commit, path, target, origin)
